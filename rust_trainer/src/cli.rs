@@ -19,6 +19,10 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Train one model with one set of hyperparameters; events go to stdout as JSON Lines.
+    ///
+    /// A flag given twice takes its last value, so a recorded command can be re-run with
+    /// one flag changed by appending it.
+    #[command(allow_negative_numbers = true, args_override_self = true)]
     Train(TrainArgs),
     /// Print the libtorch version and whether CUDA is available, as one JSON object.
     Info,

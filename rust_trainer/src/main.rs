@@ -22,7 +22,9 @@ fn main() -> ExitCode {
         Err(err) => {
             // --help and --version are not failures and print to stdout as usual.
             if err.use_stderr() {
-                let message = err.kind().to_string();
+                let rendered = err.to_string();
+                let first = rendered.lines().next().unwrap_or_default();
+                let message = first.strip_prefix("error: ").unwrap_or(first);
                 let _ = events.error(ErrorKind::Usage, &format!("{message}; see --help"));
             }
             let _ = err.print();

@@ -106,19 +106,19 @@ pub fn read_idx(path: &Path, rank: usize) -> anyhow::Result<(Vec<usize>, Vec<u8>
     let bytes = read_maybe_gz(path)?;
     let fail = |what: String| data(format!("{}: {what}", path.display()));
 
-    let header_len = 4 + 4 * rank;
-    if bytes.len() < header_len {
-        return Err(fail(format!(
-            "file is truncated ({} bytes, header needs {header_len})",
-            bytes.len()
-        )));
-    }
     let expected_magic = [0, 0, 0x08, rank as u8];
-    if bytes[..4] != expected_magic {
+    if bytes.len() >= 4 && bytes[..4] != expected_magic {
         return Err(fail(format!(
             "bad magic number {:02x?}, expected {expected_magic:02x?} (an IDX file of {rank} \
              dimension(s) of unsigned bytes)",
             &bytes[..4]
+        )));
+    }
+    let header_len = 4 + 4 * rank;
+    if bytes.len() < header_len {
+        return Err(fail(format!(
+            "file is truncated ({} bytes, its header needs {header_len})",
+            bytes.len()
         )));
     }
 

@@ -73,21 +73,14 @@ pub fn load(config: &Config, device: Device) -> anyhow::Result<Splits> {
 
 fn load_mnist(config: &Config, device: Device) -> anyhow::Result<Splits> {
     let dir = mnist::locate(&config.data_dir)?;
-    let train = mnist::load(&dir, "train")?;
     let shape = [1, mnist::ROWS as i64, mnist::COLS as i64];
-    let normalise = |raw: mnist::RawSplit| {
-        to_device(
-            &raw.images,
-            &raw.labels,
-            raw.count,
-            shape,
-            &[mnist::MEAN],
-            &[mnist::STD],
-            device,
-        )
+    let stats = Normalisation {
+        mean: &[mnist::MEAN],
+        std: &[mnist::STD],
     };
+    let raw = mnist::load(&dir, "train")?;
 
-    let (val_size, train_size) = split_sizes(train.count, config.val_fraction);
+    let (val_size, train_size) = split_sizes(raw.count, config.val_fraction);
     let train_size = match config.train_limit {
         Some(limit) if limit > train_size => {
             return Err(usage(format!(
@@ -99,61 +92,73 @@ fn load_mnist(config: &Config, device: Device) -> anyhow::Result<Splits> {
         Some(limit) => limit,
         None => train_size,
     };
-    let (val_idx, train_idx) = split_indices(train.count, val_size, config.split_seed);
+    let (val_idx, train_idx) = split_indices(raw.count, val_size, config.split_seed);
 
-    let all = normalise(train);
-    let pick = |indices: &[i64]| {
-        let indices = Tensor::from_slice(indices).to_device(device);
-        let (images, labels) = all.select(&indices);
-        Dataset { images, labels }
-    };
-    let train_set = pick(&train_idx[..train_size]);
-    let val_set = pick(&val_idx);
+    let all = RawTensors::new(&raw.images, &raw.labels, raw.count, shape, device);
+    let train = all.select(&train_idx[..train_size], &stats);
+    let val = all.select(&val_idx, &stats);
     drop(all);
 
     let test = if config.eval_test {
-        Some(normalise(mnist::load(&dir, "t10k")?))
+        let raw = mnist::load(&dir, "t10k")?;
+        let all = RawTensors::new(&raw.images, &raw.labels, raw.count, shape, device);
+        Some(all.select(&(0..raw.count as i64).collect::<Vec<_>>(), &stats))
     } else {
         None
     };
 
     Ok(Splits {
-        train: train_set,
-        val: val_set,
+        train,
+        val,
         test,
         shape,
         classes: mnist::CLASSES as i64,
     })
 }
 
-/// Moves raw bytes to `device` as normalised float images and int64 labels.
-fn to_device(
-    images: &[u8],
-    labels: &[u8],
-    count: usize,
-    [channels, height, width]: [i64; 3],
-    mean: &[f64],
-    std: &[f64],
-    device: Device,
-) -> Dataset {
-    let images = Tensor::from_slice(images)
-        .to_device(device)
-        .view([count as i64, channels, height, width])
-        .to_kind(Kind::Float)
-        / 255.0;
-    let mean = Tensor::from_slice(mean)
-        .to_kind(Kind::Float)
-        .to_device(device)
-        .view([1, channels, 1, 1]);
-    let std = Tensor::from_slice(std)
-        .to_kind(Kind::Float)
-        .to_device(device)
-        .view([1, channels, 1, 1]);
-    let images = (images - mean) / std;
-    let labels = Tensor::from_slice(labels)
-        .to_device(device)
-        .to_kind(Kind::Int64);
-    Dataset { images, labels }
+/// Per-channel mean and standard deviation of pixels scaled to [0, 1].
+struct Normalisation<'a> {
+    mean: &'a [f64],
+    std: &'a [f64],
+}
+
+/// A whole file's bytes on the device, before any example is picked or converted.
+struct RawTensors {
+    images: Tensor,
+    labels: Tensor,
+}
+
+impl RawTensors {
+    fn new(images: &[u8], labels: &[u8], count: usize, shape: [i64; 3], device: Device) -> Self {
+        let [channels, height, width] = shape;
+        let images = Tensor::from_slice(images)
+            .view([count as i64, channels, height, width])
+            .to_device(device);
+        let labels = Tensor::from_slice(labels).to_device(device);
+        Self { images, labels }
+    }
+
+    /// The examples at `indices`, as normalised float images and int64 labels.
+    fn select(&self, indices: &[i64], stats: &Normalisation<'_>) -> Dataset {
+        let device = self.images.device();
+        let channels = self.images.size()[1];
+        let indices = Tensor::from_slice(indices).to_device(device);
+        let per_channel = |values: &[f64]| {
+            Tensor::from_slice(values)
+                .to_kind(Kind::Float)
+                .to_device(device)
+                .view([1, channels, 1, 1])
+        };
+
+        // Converted only after selection, and in place, so that the whole file never exists
+        // as floats: a small --train-limit then costs little.
+        let mut images = self.images.index_select(0, &indices).to_kind(Kind::Float);
+        let _ = images.g_div_scalar_(255.0);
+        let _ = images.g_sub_(&per_channel(stats.mean));
+        let _ = images.g_div_(&per_channel(stats.std));
+        let labels = self.labels.index_select(0, &indices).to_kind(Kind::Int64);
+        Dataset { images, labels }
+    }
 }
 
 #[cfg(test)]
