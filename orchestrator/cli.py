@@ -1,0 +1,377 @@
+"""The `orchestrate` command: parses, wires and prints.
+
+This is the one place that turns domain errors into exit codes (`_EXIT_CODES`) and
+configures logging (`-v` for each trial's details, `-vv` for debugging).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+import optuna
+from rich.console import Console
+
+from orchestrator import __version__
+from orchestrator.build import build_trainer
+from orchestrator.errors import (
+    BuildFailed,
+    NoCompletedTrial,
+    NotACheckout,
+    OrchestratorError,
+    SpaceError,
+    StorageError,
+    StudyMismatch,
+    StudyNotFound,
+    TrainerNotFound,
+)
+from orchestrator.registry import PRUNERS, SAMPLERS, describe
+from orchestrator.reports import best_lines, best_trial, event_line, trial_line, trials_table
+from orchestrator.runner import TrainerProcess
+from orchestrator.space import builtin_space, load_space
+from orchestrator.storage import (
+    DEFAULT_STORAGE,
+    STORAGE_ENV,
+    load_study,
+    open_storage,
+    study_names,
+)
+from orchestrator.study import TrainerFlags, TuneConfig, default_threads
+from orchestrator.study import tune as tune_study
+from orchestrator.trainer import TRAINER_ENV, find_trainer
+
+logger = logging.getLogger(__name__)
+
+# Usage problems exit 2, like Click's own; failures of the work itself exit 1.
+_EXIT_CODES: dict[type[OrchestratorError], int] = {
+    TrainerNotFound: 2,
+    NotACheckout: 2,
+    StorageError: 2,
+    StudyNotFound: 2,
+    StudyMismatch: 2,
+    SpaceError: 2,
+    BuildFailed: 1,
+    NoCompletedTrial: 1,
+}
+_INTERRUPTED = 130
+
+stdout = Console(soft_wrap=True, highlight=False)
+stderr = Console(stderr=True, soft_wrap=True, highlight=False)
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except OrchestratorError as error:
+            click.echo(f"orchestrate: {error}", err=True)
+            ctx.exit(_exit_code(error))
+        except KeyboardInterrupt:
+            click.echo("orchestrate: interrupted; run the same command again to resume", err=True)
+            ctx.exit(_INTERRUPTED)
+
+
+trainer_option = click.option(
+    "--trainer",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help=f"The rust-trainer binary. Default: ${TRAINER_ENV}, then the installed one, "
+    "then this checkout's target/release.",
+)
+study_option = click.option(
+    "--study",
+    "study_name",
+    metavar="NAME",
+    help="The study's name. Default: the only study in the storage.",
+)
+storage_option = click.option(
+    "--storage",
+    default=DEFAULT_STORAGE,
+    envvar=STORAGE_ENV,
+    show_default=True,
+    show_envvar=True,
+    help="Optuna storage URL (an SQLite file by default, or any SQLAlchemy URL).",
+)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More log output: -v per trial, -vv debug.")
+@click.version_option(__version__, prog_name="orchestrate")
+def cli(verbose: int) -> None:
+    """Tune the Rust trainer with Optuna: one trainer process per trial."""
+    _configure_logging(verbose)
+
+
+@cli.command()
+@click.option("--debug", is_flag=True, help="Build the debug profile (target/debug) instead.")
+def build(debug: bool) -> None:
+    """Build the trainer from this checkout with cargo and print the binary's path.
+
+    libtorch comes from this Python's torch package (LIBTORCH_USE_PYTORCH=1). cargo's
+    output goes to stderr; only the path goes to stdout.
+    """
+    click.echo(build_trainer("debug" if debug else "release"))
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@trainer_option
+@click.argument("trainer_args", nargs=-1, type=click.UNPROCESSED)
+def train(trainer: Path | None, trainer_args: tuple[str, ...]) -> NoReturn:
+    """Run the trainer once with TRAINER_ARGS passed through unchanged, showing its events.
+
+    \b
+    Example:
+      orchestrate train --model cnn --dataset mnist --epochs 3 --data-dir ../shared/datasets
+
+    The exit code is the trainer's. `orchestrate train -- --help` shows the trainer's flags.
+    """
+    command = [str(find_trainer(trainer)), "train", *trainer_args]
+    with TrainerProcess(command) as process:
+        try:
+            _show_events(process)
+        except KeyboardInterrupt:
+            # The trainer has a session of its own, so the terminal's Ctrl-C did not reach
+            # it: pass it on, and show the result it prints when stopping.
+            process.send_signal(signal.SIGINT)
+            _show_events(process)
+        outcome = process.wait()
+
+    if outcome.malformed is not None:
+        stderr.print(f"[bold red]bad output[/]: {outcome.malformed}")
+    code = outcome.exit_code if outcome.exit_code is not None else 128 + (outcome.signal or 0)
+    sys.exit(code)
+
+
+@cli.command()
+@click.option(
+    "--trials",
+    default=20,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Total finished trials the study should have; a rerun runs the missing ones.",
+)
+@click.option(
+    "--sampler",
+    type=click.Choice(list(SAMPLERS)),
+    default="tpe",
+    show_default=True,
+    help=describe(SAMPLERS) + ".",
+)
+@click.option(
+    "--pruner",
+    type=click.Choice(list(PRUNERS)),
+    default="median",
+    show_default=True,
+    help=describe(PRUNERS) + ".",
+)
+@click.option(
+    "--pruner-startup-trials",
+    default=5,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Trials that run unpruned before median/percentile pruning starts.",
+)
+@click.option(
+    "--pruner-warmup-epochs",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Epochs a trial runs before median/percentile pruning may stop it.",
+)
+@click.option(
+    "--study", "study_name", metavar="NAME", help="The study's name. Default: MODEL-DATASET."
+)
+@storage_option
+@click.option(
+    "--seed",
+    type=int,
+    help="Seeds the sampler, and is every trial's --seed. Default: the study's "
+    "stored seed, or a random one for a new study.",
+)
+@click.option(
+    "--space",
+    "space_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Search space TOML file. Default: the built-in space for --model.",
+)
+@click.option("--model", default="cnn", show_default=True, help="Trainer --model.")
+@click.option("--dataset", default="mnist", show_default=True, help="Trainer --dataset.")
+@click.option(
+    "--epochs",
+    default=3,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Trainer --epochs: the most epochs a trial trains.",
+)
+@click.option(
+    "--train-limit",
+    type=click.IntRange(min=1),
+    help="Trainer --train-limit: train on the first N examples (fidelity).",
+)
+@click.option(
+    "--val-fraction",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    help="Trainer --val-fraction: the share of the training set held out.",
+)
+@click.option("--device", default="auto", show_default=True, help="Trainer --device.")
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    envvar="RUST_TRAINER_DATA_DIR",
+    show_envvar=True,
+    help="Trainer --data-dir, recorded as an absolute path.",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=default_threads,
+    show_default="all cores",
+    help="Trainer --threads.",
+)
+@click.option(
+    "--runs-dir",
+    default=Path("runs"),
+    show_default=True,
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Each trial's command, events and stderr go to RUNS_DIR/STUDY/trial-NNNN.",
+)
+@click.option(
+    "--trial-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="End a trial's process after this long and record it as FAIL.",
+)
+@trainer_option
+def tune(
+    trials: int,
+    sampler: str,
+    pruner: str,
+    pruner_startup_trials: int,
+    pruner_warmup_epochs: int,
+    study_name: str | None,
+    storage: str,
+    seed: int | None,
+    space_file: Path | None,
+    model: str,
+    dataset: str,
+    epochs: int,
+    train_limit: int | None,
+    val_fraction: float | None,
+    device: str,
+    data_dir: Path | None,
+    threads: int,
+    runs_dir: Path,
+    trial_timeout: float | None,
+    trainer: Path | None,
+) -> None:
+    """Run an Optuna study, one trainer process per trial, until it has --trials trials.
+
+    Running the same command again resumes the study: trials already finished (complete,
+    pruned or failed) count toward --trials. Each trial's val_loss (the best epoch's) is
+    minimised; a failed trainer run is recorded as FAIL with its reason and the study goes
+    on.
+    """
+    config = TuneConfig(
+        trainer=find_trainer(trainer),
+        study_name=study_name or f"{model}-{dataset}",
+        storage=storage,
+        trials=trials,
+        space=load_space(space_file) if space_file else builtin_space(model),
+        flags=TrainerFlags(
+            model=model,
+            dataset=dataset,
+            epochs=epochs,
+            train_limit=train_limit,
+            val_fraction=val_fraction,
+            device=device,
+            data_dir=data_dir,
+            threads=threads,
+        ),
+        sampler=sampler,
+        pruner=pruner,
+        seed=seed,
+        runs_dir=runs_dir,
+        trial_timeout=trial_timeout,
+        pruner_startup_trials=pruner_startup_trials,
+        pruner_warmup_epochs=pruner_warmup_epochs,
+    )
+    summary = tune_study(config, on_trial=lambda trial: stderr.print(trial_line(trial)))
+
+    counts = ", ".join(f"{n} {state}" for state, n in summary.states.items())
+    stdout.print(f"study {summary.study_name} in {summary.storage} (seed {summary.seed})")
+    if summary.stop_reason is not None and summary.ran == 0:
+        stdout.print(f"nothing to run: {summary.stop_reason} ({counts})")
+    else:
+        stopped = f"; stopped: {summary.stop_reason}" if summary.stop_reason else ""
+        stdout.print(f"ran {summary.ran} trials{stopped}; the study has {counts}")
+    if summary.best is not None:
+        stdout.print(f"best {trial_line(summary.best)}")
+
+
+@cli.command()
+@study_option
+@storage_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead.")
+def best(study_name: str | None, storage: str, as_json: bool) -> None:
+    """Show the best trial: its val_loss, params, attributes and the trainer command.
+
+    The command is the last line of the output, ready to paste into a shell.
+    """
+    result = best_trial(load_study(_study_name(study_name, storage), storage))
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+        return
+    for line in best_lines(result):
+        click.echo(line)
+
+
+@cli.command()
+@study_option
+@storage_option
+def trials(study_name: str | None, storage: str) -> None:
+    """Show a table of the study's trials: state, val_loss, val_accuracy, params, duration."""
+    stdout.print(trials_table(load_study(_study_name(study_name, storage), storage)))
+
+
+def main() -> None:
+    cli(prog_name="orchestrate")
+
+
+def _exit_code(error: OrchestratorError) -> int:
+    return next((code for kind, code in _EXIT_CODES.items() if isinstance(error, kind)), 1)
+
+
+def _study_name(name: str | None, storage: str) -> str:
+    if name is not None:
+        return name
+    names = study_names(open_storage(storage, create=False))
+    if len(names) == 1:
+        return names[0]
+    raise StudyNotFound(
+        f"{storage} holds {len(names)} studies ({', '.join(names) or 'none'}); "
+        "choose one with --study"
+    )
+
+
+def _show_events(process: TrainerProcess) -> None:
+    for event in process.events():
+        line = event_line(event)
+        (stderr if line.startswith("[bold red]error") else stdout).print(line)
+
+
+def _configure_logging(verbose: int) -> None:
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+    # Optuna's records go through the same handler, at the same level.
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
+    optuna.logging.set_verbosity(level)

@@ -1,0 +1,40 @@
+"""Errors the user can act on. The CLI prints them without a traceback and picks the exit
+code; nothing below the CLI decides how the program ends."""
+
+from __future__ import annotations
+
+
+class OrchestratorError(Exception):
+    """A problem stated in words the user can act on."""
+
+
+class NotACheckout(OrchestratorError):
+    """The package is not running from a source checkout, so there is nothing to build."""
+
+
+class BuildFailed(OrchestratorError):
+    """cargo could not build the trainer."""
+
+
+class TrainerNotFound(OrchestratorError):
+    """No trainer binary where the lookup searched."""
+
+
+class StorageError(OrchestratorError):
+    """The storage URL cannot be opened."""
+
+
+class StudyNotFound(OrchestratorError):
+    """The storage holds no study of that name."""
+
+
+class StudyMismatch(OrchestratorError):
+    """An existing study was created with settings this command contradicts."""
+
+
+class SpaceError(OrchestratorError):
+    """A search space is invalid, or none exists for the model."""
+
+
+class NoCompletedTrial(OrchestratorError):
+    """The study has no completed trial to report."""

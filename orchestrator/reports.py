@@ -1,0 +1,180 @@
+"""What the commands show: the trials table, the best trial, and one line per event.
+
+Everything here turns data into text or rich renderables; the CLI decides where it goes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from rich.table import Table
+
+from orchestrator.errors import NoCompletedTrial
+from orchestrator.events import EpochEvent, ErrorEvent, Event, ResultEvent, StartEvent
+from orchestrator.study import state_counts
+
+
+@dataclass(frozen=True)
+class BestTrial:
+    study_name: str
+    number: int
+    value: float
+    params: Mapping[str, object]
+    user_attrs: Mapping[str, object]
+    command: str | None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "study": self.study_name,
+            "number": self.number,
+            "value": self.value,
+            "params": dict(self.params),
+            "user_attrs": dict(self.user_attrs),
+            "command": self.command,
+        }
+
+
+def best_trial(study: optuna.Study) -> BestTrial:
+    """The completed trial with the lowest val_loss."""
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        counts = ", ".join(f"{n} {s}" for s, n in state_counts(study).items()) or "no trials"
+        raise NoCompletedTrial(
+            f"study {study.study_name!r} has no completed trial yet ({counts}); "
+            "run `orchestrate tune` on it first"
+        )
+    best = study.best_trial
+    assert best.value is not None
+    command = best.user_attrs.get("command")
+    return BestTrial(
+        study_name=study.study_name,
+        number=best.number,
+        value=best.value,
+        params=best.params,
+        user_attrs=best.user_attrs,
+        command=command if isinstance(command, str) else None,
+    )
+
+
+def best_lines(best: BestTrial) -> list[str]:
+    """The best trial as plain lines; the command comes last, alone on its line."""
+    lines = [
+        f"study: {best.study_name}",
+        f"best trial: {best.number}",
+        f"val_loss: {best.value!r}",
+        "params:",
+        *(f"  {name}: {_format(value)}" for name, value in best.params.items()),
+        "user attrs:",
+        *(
+            f"  {name}: {_format(value)}"
+            for name, value in best.user_attrs.items()
+            if name != "command"
+        ),
+    ]
+    if best.command is not None:
+        lines += ["command (re-runs this trial):", best.command]
+    return lines
+
+
+def trials_table(study: optuna.Study) -> Table:
+    """One row per trial: number, state, value, val_accuracy, params, duration, why it ended."""
+    table = Table(title=f"study {study.study_name}", title_justify="left")
+    table.add_column("trial", justify="right")
+    table.add_column("state")
+    table.add_column("val_loss", justify="right")
+    table.add_column("val_accuracy", justify="right")
+    table.add_column("params")
+    table.add_column("duration", justify="right")
+    table.add_column("fail reason")
+
+    for trial in study.get_trials(deepcopy=False):
+        table.add_row(
+            str(trial.number),
+            trial.state.name,
+            _format(trial.value) if trial.value is not None else "",
+            _format(trial.user_attrs.get("val_accuracy", "")),
+            params_text(trial.params),
+            _duration(trial.duration),
+            _ending(trial),
+        )
+    return table
+
+
+def trial_line(trial: FrozenTrial) -> str:
+    """A one-line account of a finished trial, for progress output."""
+    attrs = trial.user_attrs
+    if trial.state == TrialState.COMPLETE:
+        outcome = (
+            f"val_loss {_format(trial.value)} "
+            f"val_accuracy {_format(attrs.get('val_accuracy', float('nan')))}"
+        )
+    else:
+        outcome = _ending(trial)
+    return (
+        f"trial {trial.number} {trial.state.name} {outcome} ({_duration(trial.duration)}) "
+        f"{params_text(trial.params)}"
+    )
+
+
+def event_line(event: Event) -> str:
+    """One readable line per trainer event (rich markup)."""
+    if isinstance(event, StartEvent):
+        return (
+            f"[bold]training[/] {event.model} on {event.dataset}: device {event.device}, "
+            f"{event.threads} threads, {event.parameters:,} parameters, "
+            f"{event.train_size:,} train / {event.val_size:,} val examples"
+        )
+    if isinstance(event, EpochEvent):
+        return (
+            f"epoch {event.epoch}/{event.epochs}  train_loss {_f4(event.train_loss)}  "
+            f"val_loss {_f4(event.val_loss)}  val_accuracy {_f4(event.val_accuracy)}  "
+            f"lr {event.lr:.3g}  {event.seconds:.1f} s  "
+            f"{event.samples_per_second:,.0f} samples/s"
+        )
+    if isinstance(event, ResultEvent):
+        style = "green" if event.status in ("completed", "early_stopped") else "yellow"
+        line = (
+            f"[bold {style}]{event.status}[/]: val_loss {_f4(event.val_loss)}  "
+            f"val_accuracy {_f4(event.val_accuracy)}  best_epoch {event.best_epoch}  "
+            f"epochs_run {event.epochs_run}  {event.seconds:.1f} s"
+        )
+        if event.test_loss is not None and event.test_accuracy is not None:
+            line += f"  test_loss {_f4(event.test_loss)}  test_accuracy {_f4(event.test_accuracy)}"
+        if event.checkpoint is not None:
+            line += f"  checkpoint {event.checkpoint}"
+        return line
+    assert isinstance(event, ErrorEvent)
+    return f"[bold red]error[/] ({event.kind}): {event.message}"
+
+
+def params_text(params: Mapping[str, object]) -> str:
+    return " ".join(f"{name}={_format(value)}" for name, value in params.items())
+
+
+def _ending(trial: FrozenTrial) -> str:
+    attrs = trial.user_attrs
+    if trial.state == TrialState.PRUNED:
+        return f"pruned at epoch {attrs.get('epochs_run', '?')}"
+    if trial.state == TrialState.FAIL:
+        reason = attrs.get("fail_reason", "error in the orchestrator")
+        code = attrs.get("exit_code")
+        return f"{reason} (exit code {code})" if code is not None else str(reason)
+    return ""
+
+
+def _duration(duration: timedelta | None) -> str:
+    return f"{duration.total_seconds():.1f} s" if duration is not None else ""
+
+
+def _f4(value: float) -> str:
+    return f"{value:.4f}" if math.isfinite(value) else "nan"
+
+
+def _format(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)

@@ -1,0 +1,360 @@
+"""One trainer process, owned from start to end.
+
+`TrainerProcess` starts the trainer in a process group of its own, reads its events line
+by line as they arrive, drains stderr on a thread (so no amount of output can fill a pipe
+and stall the process), ends the whole group on request, on a time limit or on leaving
+the `with` block, and says why a run failed. It knows nothing about Optuna: the study's
+objective and `orchestrate train` both drive it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import shlex
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Literal
+
+from orchestrator.events import (
+    EpochEvent,
+    ErrorEvent,
+    Event,
+    MalformedEvent,
+    ResultEvent,
+    StartEvent,
+    parse_line,
+)
+
+logger = logging.getLogger(__name__)
+
+FailReason = Literal[
+    "crashed",
+    "diverged",
+    "data error",
+    "device",
+    "usage error",
+    "interrupted",
+    "bad output",
+    "no result",
+    "timeout",
+]
+
+# The trainer's exit codes (DESIGN.md), by what they mean for a trial.
+_EXIT_REASONS: Mapping[int, FailReason] = {
+    2: "usage error",
+    3: "data error",
+    4: "diverged",
+    5: "device",
+    130: "interrupted",
+    143: "interrupted",
+}
+
+STDERR_TAIL_LINES = 20
+_TAIL_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a run did not give a usable result."""
+
+    reason: FailReason
+    message: str
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What one finished trainer process did."""
+
+    command: tuple[str, ...]
+    returncode: int
+    seconds: float
+    start: StartEvent | None
+    epochs: tuple[EpochEvent, ...]
+    result: ResultEvent | None
+    error: ErrorEvent | None
+    malformed: str | None
+    timed_out: bool
+    stderr_tail: tuple[str, ...]
+
+    @property
+    def exit_code(self) -> int | None:
+        """The exit status, or None when a signal ended the process."""
+        return self.returncode if self.returncode >= 0 else None
+
+    @property
+    def signal(self) -> int | None:
+        """The number of the signal that ended the process, if one did."""
+        return -self.returncode if self.returncode < 0 else None
+
+    def failure(self) -> Failure | None:
+        """The reason this run cannot count as a result, or None when it can."""
+        if self.timed_out:
+            return Failure("timeout", "the process ran past its time limit and was ended")
+        if self.malformed is not None:
+            return Failure("bad output", self.malformed)
+
+        said = self.error.message if self.error is not None else None
+        if self.signal is not None:
+            return Failure("crashed", f"ended by signal {_signal_name(self.signal)}")
+        if self.returncode != 0:
+            reason = _EXIT_REASONS.get(self.returncode, "crashed")
+            return Failure(reason, said or f"exited with code {self.returncode}")
+
+        if self.result is None:
+            return Failure("no result", "exited with code 0 without a result event")
+        if self.result.status == "diverged":
+            return Failure("diverged", said or "the result event says diverged")
+        if math.isnan(self.result.val_loss):
+            return Failure("no result", "the result event has no finite val_loss")
+        return None
+
+
+class TrainerProcess:
+    """Runs one trainer command; use it as a context manager.
+
+    With `log_dir`, the command goes to `command.txt`, every stdout line to
+    `events.jsonl` and stderr to `stderr.log` in that folder; without it, stderr is the
+    caller's stderr and nothing is written.
+    """
+
+    def __init__(
+        self,
+        command: Sequence[str],
+        *,
+        log_dir: Path | None = None,
+        timeout: float | None = None,
+        grace_seconds: float = 5.0,
+    ) -> None:
+        self.command = tuple(command)
+        self._log_dir = log_dir
+        self._timeout = timeout
+        self._grace_seconds = grace_seconds
+
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._started_at = 0.0
+        self._events_log: IO[bytes] | None = None
+        self._stderr_log: IO[bytes] | None = None
+        self._stderr_thread: threading.Thread | None = None
+        self._stderr_tail = bytearray()
+        self._timer: threading.Timer | None = None
+        self._lock = threading.Lock()
+
+        self._start: StartEvent | None = None
+        self._epochs: list[EpochEvent] = []
+        self._result: ResultEvent | None = None
+        self._error: ErrorEvent | None = None
+        self._malformed: str | None = None
+        self._timed_out = False
+        self._non_events = 0
+
+    def __enter__(self) -> TrainerProcess:
+        if self._log_dir is not None:
+            self._log_dir.mkdir(parents=True, exist_ok=True)
+            (self._log_dir / "command.txt").write_text(shlex.join(self.command) + "\n")
+            self._events_log = (self._log_dir / "events.jsonl").open("wb")
+            self._stderr_log = (self._log_dir / "stderr.log").open("wb")
+
+        logger.debug("starting %s", shlex.join(self.command))
+        self._started_at = time.monotonic()
+        try:
+            self._proc = subprocess.Popen(
+                self.command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE if self._log_dir is not None else None,
+                # Its own process group, so that ending it also ends anything it started.
+                start_new_session=True,
+            )
+        except BaseException:
+            self._close_logs()
+            raise
+
+        if self._proc.stderr is not None:
+            self._stderr_thread = threading.Thread(
+                target=self._drain_stderr,
+                args=(self._proc.stderr,),
+                name=f"stderr-{self._proc.pid}",
+                daemon=True,
+            )
+            self._stderr_thread.start()
+        if self._timeout is not None:
+            self._timer = threading.Timer(self._timeout, self._on_timeout)
+            self._timer.daemon = True
+            self._timer.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        # Whatever happened in the block, no process of this group may outlive it.
+        try:
+            self.end()
+        finally:
+            self._finish_io()
+
+    @property
+    def pid(self) -> int:
+        return self._running().pid
+
+    def events(self) -> Iterator[Event]:
+        """Yields each event as its line arrives, until stdout closes.
+
+        A malformed event ends the process: its output can no longer be trusted.
+        """
+        stdout = self._running().stdout
+        assert stdout is not None
+        if self._malformed is not None:
+            return
+        for raw in iter(stdout.readline, b""):
+            if self._events_log is not None:
+                self._events_log.write(raw)
+                self._events_log.flush()
+
+            line = raw.decode("utf-8", errors="replace").strip()
+            try:
+                event = parse_line(line)
+            except MalformedEvent as err:
+                self._malformed = f"malformed event: {err}"
+                logger.warning("%s; ending the process", self._malformed)
+                self.end()
+                return
+            if event is None:
+                self._note_non_event(line)
+                continue
+
+            self._remember(event)
+            yield event
+
+    def wait(self) -> RunOutcome:
+        """Reads whatever events are left, waits for the exit, and says what happened."""
+        for _ in self.events():
+            pass
+        proc = self._running()
+        returncode = proc.wait()
+        seconds = time.monotonic() - self._started_at
+        self.end()
+        self._finish_io()
+
+        return RunOutcome(
+            command=self.command,
+            returncode=returncode,
+            seconds=seconds,
+            start=self._start,
+            epochs=tuple(self._epochs),
+            result=self._result,
+            error=self._error,
+            malformed=self._malformed,
+            timed_out=self._timed_out,
+            stderr_tail=self.stderr_tail(),
+        )
+
+    def send_signal(self, sig: int) -> None:
+        """Sends `sig` to the whole process group (for example SIGINT, to stop it)."""
+        self._signal_group(sig)
+
+    def end(self) -> None:
+        """Ends the process group: SIGTERM, a grace period, then SIGKILL."""
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            self._signal_group(signal.SIGTERM)
+            try:
+                proc.wait(self._grace_seconds)
+            except subprocess.TimeoutExpired:
+                logger.debug("process %d ignored SIGTERM; killing its group", proc.pid)
+                self._signal_group(signal.SIGKILL)
+                proc.wait()
+        # Children the trainer may have started share its group and may linger after it.
+        self._signal_group(signal.SIGKILL)
+
+    def stderr_tail(self, lines: int = STDERR_TAIL_LINES) -> tuple[str, ...]:
+        """The last lines the process wrote to stderr (empty when stderr was not captured)."""
+        with self._lock:
+            text = self._stderr_tail.decode("utf-8", errors="replace")
+        return tuple(text.splitlines()[-lines:])
+
+    def _running(self) -> subprocess.Popen[bytes]:
+        if self._proc is None:
+            raise RuntimeError("the trainer process was not started; use it in a `with` block")
+        return self._proc
+
+    def _remember(self, event: Event) -> None:
+        if isinstance(event, StartEvent):
+            self._start = event
+        elif isinstance(event, EpochEvent):
+            self._epochs.append(event)
+        elif isinstance(event, ResultEvent):
+            self._result = event
+        else:
+            self._error = event
+
+    def _note_non_event(self, line: str) -> None:
+        if not line:
+            return
+        self._non_events += 1
+        if self._non_events == 1:
+            logger.warning("the trainer printed a line that is not an event: %.200s", line)
+        else:
+            logger.debug("not an event: %.200s", line)
+
+    def _signal_group(self, sig: int) -> None:
+        if self._proc is None:
+            return
+        # A group that is already gone has nothing left to end.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._proc.pid, sig)
+
+    def _on_timeout(self) -> None:
+        self._timed_out = True
+        logger.warning("the trainer ran past %s s; ending it", self._timeout)
+        self.end()
+
+    def _drain_stderr(self, stream: IO[bytes]) -> None:
+        try:
+            while chunk := os.read(stream.fileno(), 65536):
+                if self._stderr_log is not None:
+                    self._stderr_log.write(chunk)
+                    self._stderr_log.flush()
+                with self._lock:
+                    self._stderr_tail += chunk
+                    del self._stderr_tail[:-_TAIL_BYTES]
+        except (OSError, ValueError):
+            pass  # the pipe or the log was closed under us: the run is over
+
+    def _finish_io(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._stderr_thread is not None:
+            # Only a process that left the group can still hold the pipe open after end().
+            self._stderr_thread.join(timeout=self._grace_seconds)
+            self._stderr_thread = None
+        if self._proc is not None:
+            for stream in (self._proc.stdout, self._proc.stderr):
+                if stream is not None:
+                    stream.close()
+        self._close_logs()
+
+    def _close_logs(self) -> None:
+        for log in (self._events_log, self._stderr_log):
+            if log is not None:
+                log.close()
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
