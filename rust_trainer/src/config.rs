@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::cli::{DatasetKind, ModelKind, OptimizerKind, TrainArgs};
+use crate::data::augment::AugmentKind;
 use crate::error::usage;
+use crate::schedule::ScheduleKind;
 
 /// The device asked for on the command line, before CUDA's presence is checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,13 +49,28 @@ pub struct Config {
     pub batch_size: usize,
     pub lr: f64,
     pub optimizer: OptimizerKind,
+    pub schedule: ScheduleKind,
+    pub warmup_epochs: usize,
+    pub step_size: usize,
+    pub gamma: f64,
+    pub milestones: Vec<usize>,
+    pub min_lr: f64,
+    pub restart_epochs: usize,
+    pub restart_mult: usize,
+    pub patience: Option<usize>,
+    pub min_delta: f64,
     pub momentum: f64,
     pub nesterov: bool,
     pub weight_decay: f64,
+    pub no_decay_norm_bias: bool,
     pub dropout: f64,
+    pub label_smoothing: f64,
+    pub clip_grad_norm: Option<f64>,
+    pub augment: AugmentKind,
     pub conv1: i64,
     pub conv2: i64,
     pub hidden: i64,
+    pub width: f64,
     pub val_fraction: f64,
     pub split_seed: u64,
     pub train_limit: Option<usize>,
@@ -62,6 +79,10 @@ pub struct Config {
     pub threads: usize,
     pub eval_test: bool,
     pub eval_batch_size: usize,
+    pub checkpoint: Option<PathBuf>,
+    pub resume: Option<PathBuf>,
+    pub amp: bool,
+    pub channels_last: bool,
     #[serde(skip)]
     pub device_request: DeviceRequest,
     #[serde(skip)]
@@ -96,8 +117,72 @@ impl Config {
             args.weight_decay.is_finite() && args.weight_decay >= 0.0,
             || format!("--weight-decay ({}) must be 0 or more", args.weight_decay),
         )?;
-        check((0.0..1.0).contains(&args.dropout), || {
-            format!("--dropout ({}) must be in [0, 1)", args.dropout)
+        let dropout = args.dropout.unwrap_or(match args.model {
+            ModelKind::Cnn => 0.5,
+            ModelKind::Resnet18 | ModelKind::Resnet34 | ModelKind::Resnet50 => 0.0,
+        });
+        check((0.0..1.0).contains(&dropout), || {
+            format!("--dropout ({dropout}) must be in [0, 1)")
+        })?;
+        check((0.0..1.0).contains(&args.label_smoothing), || {
+            format!(
+                "--label-smoothing ({}) must be in [0, 1)",
+                args.label_smoothing
+            )
+        })?;
+        if let Some(norm) = args.clip_grad_norm {
+            check(norm.is_finite() && norm > 0.0, || {
+                format!("--clip-grad-norm ({norm}) must be a finite number greater than 0")
+            })?;
+        }
+        check(
+            args.width.is_finite() && args.width > 0.0 && args.width * 64.0 >= 1.0,
+            || format!("--width ({}) must be at least 1/64", args.width),
+        )?;
+        check(args.warmup_epochs < args.epochs, || {
+            format!(
+                "--warmup-epochs ({}) must be less than --epochs ({})",
+                args.warmup_epochs, args.epochs
+            )
+        })?;
+        check(
+            args.warmup_epochs == 0 || args.schedule != ScheduleKind::Onecycle,
+            || {
+                "--warmup-epochs does not combine with --schedule onecycle, which warms up by itself"
+                .to_string()
+            },
+        )?;
+        check(args.step_size >= 1, || {
+            format!("--step-size ({}) must be at least 1", args.step_size)
+        })?;
+        check(args.gamma > 0.0 && args.gamma <= 1.0, || {
+            format!("--gamma ({}) must be in (0, 1]", args.gamma)
+        })?;
+        check(args.milestones.windows(2).all(|w| w[0] < w[1]), || {
+            format!("--milestones ({:?}) must increase", args.milestones)
+        })?;
+        check(args.min_lr >= 0.0 && args.min_lr < args.lr, || {
+            format!(
+                "--min-lr ({}) must be at least 0 and less than --lr ({})",
+                args.min_lr, args.lr
+            )
+        })?;
+        check(args.restart_epochs >= 1, || {
+            format!(
+                "--restart-epochs ({}) must be at least 1",
+                args.restart_epochs
+            )
+        })?;
+        check(args.restart_mult >= 1, || {
+            format!("--restart-mult ({}) must be at least 1", args.restart_mult)
+        })?;
+        if let Some(patience) = args.patience {
+            check(patience >= 1, || {
+                format!("--patience ({patience}) must be at least 1")
+            })?;
+        }
+        check(args.min_delta.is_finite() && args.min_delta >= 0.0, || {
+            format!("--min-delta ({}) must be 0 or more", args.min_delta)
         })?;
         check(args.val_fraction > 0.0 && args.val_fraction < 1.0, || {
             format!("--val-fraction ({}) must be in (0, 1)", args.val_fraction)
@@ -130,13 +215,28 @@ impl Config {
             batch_size: args.batch_size,
             lr: args.lr,
             optimizer: args.optimizer,
+            schedule: args.schedule,
+            warmup_epochs: args.warmup_epochs,
+            step_size: args.step_size,
+            gamma: args.gamma,
+            milestones: args.milestones,
+            min_lr: args.min_lr,
+            restart_epochs: args.restart_epochs,
+            restart_mult: args.restart_mult,
+            patience: args.patience,
+            min_delta: args.min_delta,
             momentum: args.momentum,
             nesterov: args.nesterov,
             weight_decay: args.weight_decay,
-            dropout: args.dropout,
+            no_decay_norm_bias: args.no_decay_norm_bias,
+            dropout,
+            label_smoothing: args.label_smoothing,
+            clip_grad_norm: args.clip_grad_norm,
+            augment: args.augment.resolve(args.dataset),
             conv1: args.conv1,
             conv2: args.conv2,
             hidden: args.hidden,
+            width: args.width,
             val_fraction: args.val_fraction,
             split_seed: args.split_seed,
             train_limit: args.train_limit,
@@ -145,6 +245,10 @@ impl Config {
             threads,
             eval_test: args.eval_test,
             eval_batch_size: args.eval_batch_size,
+            checkpoint: args.checkpoint,
+            resume: args.resume,
+            amp: args.amp,
+            channels_last: args.channels_last,
             device_request,
             quiet: args.quiet,
         })
@@ -184,6 +288,12 @@ mod tests {
         assert_eq!(config.batch_size, 64);
         assert_eq!(config.device_request, DeviceRequest::Auto);
         assert!(config.threads >= 1);
+        // Model- and dataset-dependent defaults are resolved.
+        assert_eq!(config.dropout, 0.5);
+        assert_eq!(config.augment, AugmentKind::None);
+        let resnet = parse(&["--model", "resnet18", "--dataset", "cifar10"]).unwrap();
+        assert_eq!(resnet.dropout, 0.0);
+        assert_eq!(resnet.augment, AugmentKind::CropFlip);
     }
 
     #[test]
@@ -222,6 +332,30 @@ mod tests {
             "--threads (0) must be at least 1"
         );
         assert_eq!(message(&["--conv2", "0"]), "--conv2 (0) must be at least 1");
+        assert_eq!(
+            message(&["--epochs", "10", "--warmup-epochs", "12"]),
+            "--warmup-epochs (12) must be less than --epochs (10)"
+        );
+        assert_eq!(
+            message(&["--gamma", "1.5"]),
+            "--gamma (1.5) must be in (0, 1]"
+        );
+        assert_eq!(
+            message(&["--milestones", "5,3"]),
+            "--milestones ([5, 3]) must increase"
+        );
+        assert_eq!(
+            message(&["--patience", "0"]),
+            "--patience (0) must be at least 1"
+        );
+        assert_eq!(
+            message(&["--label-smoothing", "1"]),
+            "--label-smoothing (1) must be in [0, 1)"
+        );
+        assert_eq!(
+            message(&["--clip-grad-norm", "-1"]),
+            "--clip-grad-norm (-1) must be a finite number greater than 0"
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::cli::{DatasetKind, ModelKind};
 use crate::config::Config;
+use crate::data::Normalisation;
 use crate::error::ErrorKind;
 
 /// How a training run ended.
@@ -32,6 +33,11 @@ pub struct Start<'a> {
     pub parameters: i64,
     pub train_size: i64,
     pub val_size: i64,
+    /// Per-channel statistics of the training file, used to normalise every split.
+    pub normalisation: &'a Normalisation,
+    /// The epoch a `--resume` run continues after; absent for a fresh run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resumed_from_epoch: Option<usize>,
     pub config: &'a Config,
 }
 

@@ -4,12 +4,15 @@
 //! The binary is a thin shell around [`run`]; the modules are public so that integration
 //! tests and other tools can drive the pieces directly.
 
+pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod data;
 pub mod error;
 pub mod events;
 pub mod models;
+pub mod optim;
+pub mod schedule;
 pub mod train;
 
 use std::io::Write;

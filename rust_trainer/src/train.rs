@@ -9,15 +9,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use tch::nn::{self, ModuleT, OptimizerConfig};
+use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Reduction, Tensor};
 
-use crate::cli::OptimizerKind;
+use crate::checkpoint::{self, Progress};
 use crate::config::{Config, DeviceRequest};
 use crate::data::{self, Dataset};
 use crate::error::device;
 use crate::events::{Epoch, Event, EventWriter, Outcome, Start, Status};
 use crate::models;
+use crate::optim::{OptimSettings, Optimizer};
+use crate::schedule::Schedule;
 
 /// How many batches pass between two checks of the running loss for non-finite values.
 const DIVERGENCE_CHECK_EVERY: usize = 32;
@@ -70,22 +72,6 @@ pub fn device_name(device: Device) -> String {
     }
 }
 
-fn optimizer(vs: &nn::VarStore, config: &Config) -> anyhow::Result<nn::Optimizer> {
-    let (lr, wd) = (config.lr, config.weight_decay);
-    let opt = match config.optimizer {
-        OptimizerKind::Sgd => nn::Sgd {
-            momentum: config.momentum,
-            dampening: 0.0,
-            wd,
-            nesterov: config.nesterov,
-        }
-        .build(vs, lr)?,
-        OptimizerKind::Adam => nn::Adam::default().wd(wd).build(vs, lr)?,
-        OptimizerKind::Adamw => nn::AdamW::default().wd(wd).build(vs, lr)?,
-    };
-    Ok(opt)
-}
-
 /// Mean cross-entropy and accuracy of `model` over `data`, in eval mode and without gradients.
 pub fn evaluate(model: &dyn ModuleT, data: &Dataset, batch_size: usize) -> (f64, f64) {
     let total = data.len();
@@ -113,20 +99,30 @@ pub fn evaluate(model: &dyn ModuleT, data: &Dataset, batch_size: usize) -> (f64,
     })
 }
 
-/// What one epoch of training saw: the mean loss, or `None` when it went non-finite.
+/// What one epoch of training saw.
 enum EpochPass {
     Finished { train_loss: f64 },
     Diverged,
     Stopped,
 }
 
+/// Everything a training step needs besides the model and its optimizer.
+struct StepPlan<'a> {
+    config: &'a Config,
+    schedule: &'a Schedule,
+    amp: bool,
+    channels_last: bool,
+}
+
 fn train_epoch(
     model: &dyn ModuleT,
-    opt: &mut nn::Optimizer,
+    opt: &mut Optimizer,
     train: &Dataset,
-    batch_size: usize,
+    plan: &StepPlan<'_>,
+    first_step: usize,
     stop: &Stop,
 ) -> EpochPass {
+    let config = plan.config;
     let total = train.len();
     let device = train.labels.device();
     let order = Tensor::randperm(total, (Kind::Int64, device));
@@ -138,10 +134,28 @@ fn train_epoch(
         if stop.requested().is_some() {
             return EpochPass::Stopped;
         }
-        let len = (batch_size as i64).min(total - start);
+        let len = (config.batch_size as i64).min(total - start);
         let (xs, ys) = train.select(&order.narrow(0, start, len));
-        let loss = model.forward_t(&xs, true).cross_entropy_for_logits(&ys);
-        opt.backward_step(&loss);
+        let mut xs = config.augment.apply(&xs);
+        if plan.channels_last {
+            xs = to_channels_last(&xs);
+        }
+
+        opt.set_lr(plan.schedule.lr_at(first_step + batch));
+        opt.zero_grad();
+        let logits = tch::autocast(plan.amp, || model.forward_t(&xs, true));
+        let loss = logits.to_kind(Kind::Float).cross_entropy_loss::<Tensor>(
+            &ys,
+            None,
+            Reduction::Mean,
+            -100,
+            config.label_smoothing,
+        );
+        loss.backward();
+        if let Some(max_norm) = config.clip_grad_norm {
+            opt.clip_grad_norm(max_norm);
+        }
+        opt.step();
         loss_sum += loss.detach().to_kind(Kind::Double) * (len as f64);
 
         start += len;
@@ -159,6 +173,46 @@ fn train_epoch(
     }
 }
 
+/// The same tensor with an NHWC memory layout (shape unchanged), which cuDNN runs faster.
+fn to_channels_last(xs: &Tensor) -> Tensor {
+    xs.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
+}
+
+/// The seed of epoch `epoch`'s shuffling, augmentation and dropout: a function of the run's
+/// seed and the epoch alone, so a resumed run draws what the uninterrupted one would have.
+fn epoch_seed(seed: u64, epoch: usize) -> i64 {
+    (seed as i64)
+        .wrapping_mul(1_000_003)
+        .wrapping_add(epoch as i64)
+}
+
+fn optim_settings(config: &Config) -> OptimSettings {
+    OptimSettings {
+        kind: config.optimizer,
+        lr: config.lr,
+        momentum: config.momentum,
+        nesterov: config.nesterov,
+        weight_decay: config.weight_decay,
+        decay_norm_and_bias: !config.no_decay_norm_bias,
+    }
+}
+
+fn schedule(config: &Config, steps_per_epoch: usize) -> Schedule {
+    Schedule {
+        kind: config.schedule,
+        lr: config.lr,
+        min_lr: config.min_lr,
+        warmup_epochs: config.warmup_epochs,
+        step_size: config.step_size,
+        gamma: config.gamma,
+        milestones: config.milestones.clone(),
+        restart_epochs: config.restart_epochs,
+        restart_mult: config.restart_mult,
+        epochs: config.epochs,
+        steps_per_epoch,
+    }
+}
+
 /// Trains as configured, writing `start`, `epoch` and `result` events; returns the result.
 pub fn run<W: Write>(
     config: &Config,
@@ -168,22 +222,55 @@ pub fn run<W: Write>(
     let started = Instant::now();
     tch::set_num_threads(config.threads as i32);
     let device = resolve_device(config.device_request)?;
+    let on_cuda = device.is_cuda();
+    for (asked, flag) in [
+        (config.amp, "--amp"),
+        (config.channels_last, "--channels-last"),
+    ] {
+        if asked && !on_cuda {
+            eprintln!("rust-trainer: warning: {flag} only applies on CUDA; ignored on the CPU");
+        }
+    }
     tch::manual_seed(config.seed as i64);
-    if let Device::Cuda(_) = device {
+    if on_cuda {
         tch::Cuda::manual_seed_all(config.seed);
         tch::Cuda::cudnn_set_benchmark(true);
     }
 
     let splits = data::load(config, device)?;
-    let vs = nn::VarStore::new(device);
+    let mut vs = nn::VarStore::new(device);
     let model = models::build(&vs.root(), config, splits.shape, splits.classes);
-    let mut opt = optimizer(&vs, config)?;
-    // With --eval-test the best epoch's weights are kept aside, to be tested at the end.
-    let mut best = config.eval_test.then(|| {
+    // The best epoch's weights are kept aside when they will be tested or saved.
+    let keep_best = config.eval_test || config.checkpoint.is_some() || config.resume.is_some();
+    let mut best = keep_best.then(|| {
         let best_vs = nn::VarStore::new(device);
         let best_model = models::build(&best_vs.root(), config, splits.shape, splits.classes);
         (best_vs, best_model)
     });
+    let steps_per_epoch = (splits.train.len() as usize).div_ceil(config.batch_size);
+    let schedule = schedule(config, steps_per_epoch);
+    let mut opt = Optimizer::new(&vs, optim_settings(config));
+
+    let mut progress = Progress {
+        epoch: 0,
+        best_epoch: None,
+        best_val_loss: None,
+        best_val_accuracy: None,
+        stale_epochs: 0,
+    };
+    if let (Some(path), Some((best_vs, _))) = (&config.resume, best.as_mut()) {
+        let (state, saved) = checkpoint::restore(path, config, &mut vs, best_vs)?;
+        opt.load_state(&state)?;
+        progress = saved;
+    }
+    let channels_last = config.channels_last && on_cuda;
+    if channels_last {
+        for (_, mut variable) in vs.variables() {
+            if variable.dim() == 4 {
+                tch::no_grad(|| variable.set_data(&to_channels_last(&variable)));
+            }
+        }
+    }
 
     let parameters = vs
         .trainable_variables()
@@ -199,27 +286,38 @@ pub fn run<W: Write>(
         parameters,
         train_size: splits.train.len(),
         val_size: splits.val.len(),
+        normalisation: &splits.normalisation,
+        resumed_from_epoch: config.resume.as_ref().map(|_| progress.epoch),
         config,
     }))?;
 
     let mut outcome = Outcome {
         status: Status::Completed,
-        val_loss: None,
-        val_accuracy: None,
-        best_epoch: None,
-        epochs_run: 0,
+        val_loss: progress.best_val_loss,
+        val_accuracy: progress.best_val_accuracy,
+        best_epoch: progress.best_epoch,
+        epochs_run: progress.epoch,
         seconds: 0.0,
         test_loss: None,
         test_accuracy: None,
         checkpoint: None,
     };
-    for epoch in 1..=config.epochs {
+    let plan = StepPlan {
+        config,
+        schedule: &schedule,
+        amp: config.amp && on_cuda,
+        channels_last,
+    };
+    for epoch in progress.epoch + 1..=config.epochs {
         let epoch_started = Instant::now();
+        tch::manual_seed(epoch_seed(config.seed, epoch));
+        let first_step = (epoch - 1) * steps_per_epoch;
         let pass = train_epoch(
             model.as_ref(),
             &mut opt,
             &splits.train,
-            config.batch_size,
+            &plan,
+            first_step,
             stop,
         );
         let train_seconds = epoch_started.elapsed().as_secs_f64();
@@ -241,18 +339,27 @@ pub fn run<W: Write>(
             outcome.status = Status::Diverged;
             break;
         }
-        outcome.epochs_run = epoch;
-        if outcome
-            .val_loss
-            .is_none_or(|best_loss| val_loss < best_loss)
-        {
-            outcome.val_loss = Some(val_loss);
-            outcome.val_accuracy = Some(val_accuracy);
-            outcome.best_epoch = Some(epoch);
+        let previous_best = progress.best_val_loss;
+        if previous_best.is_none_or(|best_loss| val_loss < best_loss) {
+            progress.best_val_loss = Some(val_loss);
+            progress.best_val_accuracy = Some(val_accuracy);
+            progress.best_epoch = Some(epoch);
             if let Some((best_vs, _)) = best.as_mut() {
                 best_vs.copy(&vs)?;
             }
         }
+        let improved =
+            previous_best.is_none_or(|best_loss| val_loss < best_loss - config.min_delta);
+        progress.stale_epochs = if improved {
+            0
+        } else {
+            progress.stale_epochs + 1
+        };
+        progress.epoch = epoch;
+        outcome.val_loss = progress.best_val_loss;
+        outcome.val_accuracy = progress.best_val_accuracy;
+        outcome.best_epoch = progress.best_epoch;
+        outcome.epochs_run = epoch;
 
         let record = Epoch {
             epoch,
@@ -260,20 +367,33 @@ pub fn run<W: Write>(
             train_loss,
             val_loss,
             val_accuracy,
-            lr: config.lr,
+            lr: schedule.lr_at(first_step),
             seconds: epoch_started.elapsed().as_secs_f64(),
             samples_per_second: splits.train.len() as f64 / train_seconds,
         };
         if !config.quiet {
             eprintln!(
                 "epoch {epoch}/{}: train_loss {train_loss:.4}  val_loss {val_loss:.4}  \
-                 val_accuracy {val_accuracy:.4}  {:.1}s  {:.0} samples/s",
-                config.epochs, record.seconds, record.samples_per_second
+                 val_accuracy {val_accuracy:.4}  lr {:.3e}  {:.1}s  {:.0} samples/s",
+                config.epochs, record.lr, record.seconds, record.samples_per_second
             );
         }
+        if let (Some(path), Some((best_vs, _))) = (&config.checkpoint, best.as_ref()) {
+            checkpoint::save(path, config, &vs, best_vs, opt.state(), &progress)?;
+            outcome.checkpoint = Some(path.display().to_string());
+        }
         events.emit(&Event::Epoch(&record))?;
+
         if stop.requested().is_some() {
             outcome.status = Status::Stopped;
+            break;
+        }
+        if config
+            .patience
+            .is_some_and(|patience| progress.stale_epochs >= patience)
+            && epoch < config.epochs
+        {
+            outcome.status = Status::EarlyStopped;
             break;
         }
     }
@@ -286,6 +406,9 @@ pub fn run<W: Write>(
             evaluate(best_model.as_ref(), test, config.eval_batch_size);
         outcome.test_loss = Some(test_loss);
         outcome.test_accuracy = Some(test_accuracy);
+    }
+    if outcome.checkpoint.is_none() && config.resume.is_some() {
+        outcome.checkpoint = config.checkpoint.as_ref().map(|p| p.display().to_string());
     }
     outcome.seconds = started.elapsed().as_secs_f64();
     events.emit(&Event::Result(&outcome))?;

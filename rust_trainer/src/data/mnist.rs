@@ -11,23 +11,12 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use flate2::read::GzDecoder;
 
+use super::RawSplit;
 use crate::error::data;
 
 pub const ROWS: usize = 28;
 pub const COLS: usize = 28;
 pub const CLASSES: u8 = 10;
-
-/// Mean and standard deviation of the MNIST training pixels, scaled to [0, 1].
-pub const MEAN: f64 = 0.1307;
-pub const STD: f64 = 0.3081;
-
-/// The raw bytes of one split: `count` images of 28x28 pixels and their labels.
-#[derive(Debug)]
-pub struct RawSplit {
-    pub images: Vec<u8>,
-    pub labels: Vec<u8>,
-    pub count: usize,
-}
 
 /// The folder holding the MNIST files: `dir` itself, or `dir/mnist`.
 pub fn locate(dir: &Path) -> anyhow::Result<PathBuf> {
@@ -83,6 +72,7 @@ pub fn load(dir: &Path, prefix: &str) -> anyhow::Result<RawSplit> {
         images,
         labels,
         count: dims[0],
+        shape: [1, ROWS as i64, COLS as i64],
     })
 }
 

@@ -2,18 +2,32 @@
 //!
 //! The training file is split once with its own seed (`--split-seed`), independent of the
 //! training seed, so every trial of a study validates on the same examples. The test file is
-//! read only when asked for.
+//! read only when asked for. Pixels are normalised per channel with the mean and standard
+//! deviation of the training file itself.
 
+pub mod augment;
+pub mod cifar;
 pub mod mnist;
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
 use crate::cli::DatasetKind;
 use crate::config::Config;
 use crate::error::usage;
+
+/// The raw bytes of one file (or set of files): `count` images of `shape` and their labels.
+#[derive(Debug)]
+pub struct RawSplit {
+    pub images: Vec<u8>,
+    pub labels: Vec<u8>,
+    pub count: usize,
+    /// Channels, height and width of one image; pixels are stored channel by channel.
+    pub shape: [i64; 3],
+}
 
 /// Images (N x C x H x W, normalised float) and labels (N, int64) on one device.
 #[derive(Debug)]
@@ -40,6 +54,39 @@ impl Dataset {
     }
 }
 
+/// Per-channel mean and standard deviation of pixels scaled to [0, 1].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Normalisation {
+    pub mean: Vec<f64>,
+    pub std: Vec<f64>,
+}
+
+impl Normalisation {
+    /// Computes the statistics of every pixel in `raw`, channel by channel.
+    pub fn of(raw: &RawSplit) -> Self {
+        let channels = raw.shape[0] as usize;
+        let plane = (raw.shape[1] * raw.shape[2]) as usize;
+        let mut sums = vec![0u64; channels];
+        let mut squares = vec![0u64; channels];
+        for image in raw.images.chunks_exact(channels * plane) {
+            for (channel, pixels) in image.chunks_exact(plane).enumerate() {
+                for &pixel in pixels {
+                    sums[channel] += u64::from(pixel);
+                    squares[channel] += u64::from(pixel) * u64::from(pixel);
+                }
+            }
+        }
+        let n = (raw.count * plane) as f64;
+        let mean: Vec<f64> = sums.iter().map(|&s| s as f64 / n / 255.0).collect();
+        let std = squares
+            .iter()
+            .zip(&mean)
+            .map(|(&q, &m)| (q as f64 / n / (255.0 * 255.0) - m * m).max(1e-12).sqrt())
+            .collect();
+        Self { mean, std }
+    }
+}
+
 #[derive(Debug)]
 pub struct Splits {
     pub train: Dataset,
@@ -48,6 +95,7 @@ pub struct Splits {
     /// Channels, height and width of one example.
     pub shape: [i64; 3],
     pub classes: i64,
+    pub normalisation: Normalisation,
 }
 
 /// Sizes of the validation and training parts of `total` examples.
@@ -66,21 +114,28 @@ pub fn split_indices(total: usize, val: usize, seed: u64) -> (Vec<i64>, Vec<i64>
 }
 
 pub fn load(config: &Config, device: Device) -> anyhow::Result<Splits> {
-    match config.dataset {
-        DatasetKind::Mnist => load_mnist(config, device),
-    }
-}
-
-fn load_mnist(config: &Config, device: Device) -> anyhow::Result<Splits> {
-    let dir = mnist::locate(&config.data_dir)?;
-    let shape = [1, mnist::ROWS as i64, mnist::COLS as i64];
-    let stats = Normalisation {
-        mean: &[mnist::MEAN],
-        std: &[mnist::STD],
+    let (train, test, classes) = match config.dataset {
+        DatasetKind::Mnist => {
+            let dir = mnist::locate(&config.data_dir)?;
+            let test = config
+                .eval_test
+                .then(|| mnist::load(&dir, "t10k"))
+                .transpose()?;
+            (mnist::load(&dir, "train")?, test, mnist::CLASSES)
+        }
+        DatasetKind::Cifar10 => {
+            let dir = cifar::locate(&config.data_dir)?;
+            let test = config
+                .eval_test
+                .then(|| cifar::load(&dir, true))
+                .transpose()?;
+            (cifar::load(&dir, false)?, test, cifar::CLASSES)
+        }
     };
-    let raw = mnist::load(&dir, "train")?;
+    let normalisation = Normalisation::of(&train);
+    let shape = train.shape;
 
-    let (val_size, train_size) = split_sizes(raw.count, config.val_fraction);
+    let (val_size, train_size) = split_sizes(train.count, config.val_fraction);
     let train_size = match config.train_limit {
         Some(limit) if limit > train_size => {
             return Err(usage(format!(
@@ -92,34 +147,25 @@ fn load_mnist(config: &Config, device: Device) -> anyhow::Result<Splits> {
         Some(limit) => limit,
         None => train_size,
     };
-    let (val_idx, train_idx) = split_indices(raw.count, val_size, config.split_seed);
+    let (val_idx, train_idx) = split_indices(train.count, val_size, config.split_seed);
 
-    let all = RawTensors::new(&raw.images, &raw.labels, raw.count, shape, device);
-    let train = all.select(&train_idx[..train_size], &stats);
-    let val = all.select(&val_idx, &stats);
+    let all = RawTensors::new(&train, device);
+    let train_set = all.select(&train_idx[..train_size], &normalisation);
+    let val_set = all.select(&val_idx, &normalisation);
     drop(all);
-
-    let test = if config.eval_test {
-        let raw = mnist::load(&dir, "t10k")?;
-        let all = RawTensors::new(&raw.images, &raw.labels, raw.count, shape, device);
-        Some(all.select(&(0..raw.count as i64).collect::<Vec<_>>(), &stats))
-    } else {
-        None
-    };
+    let test_set = test.map(|raw| {
+        let every: Vec<i64> = (0..raw.count as i64).collect();
+        RawTensors::new(&raw, device).select(&every, &normalisation)
+    });
 
     Ok(Splits {
-        train,
-        val,
-        test,
+        train: train_set,
+        val: val_set,
+        test: test_set,
         shape,
-        classes: mnist::CLASSES as i64,
+        classes: i64::from(classes),
+        normalisation,
     })
-}
-
-/// Per-channel mean and standard deviation of pixels scaled to [0, 1].
-struct Normalisation<'a> {
-    mean: &'a [f64],
-    std: &'a [f64],
 }
 
 /// A whole file's bytes on the device, before any example is picked or converted.
@@ -129,17 +175,17 @@ struct RawTensors {
 }
 
 impl RawTensors {
-    fn new(images: &[u8], labels: &[u8], count: usize, shape: [i64; 3], device: Device) -> Self {
-        let [channels, height, width] = shape;
-        let images = Tensor::from_slice(images)
-            .view([count as i64, channels, height, width])
+    fn new(raw: &RawSplit, device: Device) -> Self {
+        let [channels, height, width] = raw.shape;
+        let images = Tensor::from_slice(&raw.images)
+            .view([raw.count as i64, channels, height, width])
             .to_device(device);
-        let labels = Tensor::from_slice(labels).to_device(device);
+        let labels = Tensor::from_slice(&raw.labels).to_device(device);
         Self { images, labels }
     }
 
     /// The examples at `indices`, as normalised float images and int64 labels.
-    fn select(&self, indices: &[i64], stats: &Normalisation<'_>) -> Dataset {
+    fn select(&self, indices: &[i64], stats: &Normalisation) -> Dataset {
         let device = self.images.device();
         let channels = self.images.size()[1];
         let indices = Tensor::from_slice(indices).to_device(device);
@@ -154,8 +200,8 @@ impl RawTensors {
         // as floats: a small --train-limit then costs little.
         let mut images = self.images.index_select(0, &indices).to_kind(Kind::Float);
         let _ = images.g_div_scalar_(255.0);
-        let _ = images.g_sub_(&per_channel(stats.mean));
-        let _ = images.g_div_(&per_channel(stats.std));
+        let _ = images.g_sub_(&per_channel(&stats.mean));
+        let _ = images.g_div_(&per_channel(&stats.std));
         let labels = self.labels.index_select(0, &indices).to_kind(Kind::Int64);
         Dataset { images, labels }
     }
@@ -185,5 +231,19 @@ mod tests {
         // The same seed gives the same split; another seed another one.
         assert_eq!(split_indices(100, 10, 7), (val.clone(), train));
         assert_ne!(split_indices(100, 10, 8).0, val);
+    }
+
+    #[test]
+    fn normalisation_is_per_channel() {
+        // Two 1x2 images of two channels: channel 0 holds 0 and 255, channel 1 always 51.
+        let raw = RawSplit {
+            images: vec![0, 255, 51, 51, 255, 0, 51, 51],
+            labels: vec![0, 1],
+            count: 2,
+            shape: [2, 1, 2],
+        };
+        let stats = Normalisation::of(&raw);
+        assert!((stats.mean[0] - 0.5).abs() < 1e-12 && (stats.std[0] - 0.5).abs() < 1e-12);
+        assert!((stats.mean[1] - 0.2).abs() < 1e-12 && stats.std[1] < 1e-5);
     }
 }

@@ -1,6 +1,7 @@
 //! The models the trainer knows, built from the configuration.
 
 pub mod cnn;
+pub mod resnet;
 
 use tch::nn;
 
@@ -25,5 +26,26 @@ pub fn build(
             };
             Box::new(Cnn::new(vs, shape, classes, widths, config.dropout))
         }
+        ModelKind::Resnet18 => Box::new(resnet::resnet18(
+            vs,
+            shape[0],
+            classes,
+            config.width,
+            config.dropout,
+        )),
+        ModelKind::Resnet34 => Box::new(resnet::resnet34(
+            vs,
+            shape[0],
+            classes,
+            config.width,
+            config.dropout,
+        )),
+        ModelKind::Resnet50 => Box::new(resnet::resnet50(
+            vs,
+            shape[0],
+            classes,
+            config.width,
+            config.dropout,
+        )),
     }
 }
