@@ -334,7 +334,10 @@ def best(study_name: str | None, storage: str, as_json: bool) -> None:
 @storage_option
 def trials(study_name: str | None, storage: str) -> None:
     """Show a table of the study's trials: state, val_loss, val_accuracy, params, duration."""
-    stdout.print(trials_table(load_study(_study_name(study_name, storage), storage)))
+    table = trials_table(load_study(_study_name(study_name, storage), storage))
+    # Piped into a file or another program, a table needs no wrapping to a terminal's width.
+    console = stdout if stdout.is_terminal else Console(width=1000, highlight=False)
+    console.print(table)
 
 
 def main() -> None:
@@ -365,13 +368,20 @@ def _show_events(process: TrainerProcess) -> None:
 
 def _configure_logging(verbose: int) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    # Replace the handler of an earlier call (tests run the CLI many times in one process).
+    for old in [h for h in root.handlers if isinstance(h, _StderrHandler)]:
+        root.removeHandler(old)
+    handler = _StderrHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
     root.setLevel(level)
 
     # Optuna's records go through the same handler, at the same level.
     optuna.logging.disable_default_handler()
     optuna.logging.enable_propagation()
     optuna.logging.set_verbosity(level)
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The CLI's own log handler, told apart from handlers others installed."""

@@ -6,6 +6,7 @@ each factory's docstring, so a new entry here is all it takes to offer one more.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -53,9 +54,12 @@ def cmaes_sampler(settings: SamplerSettings) -> optuna.samplers.BaseSampler:
 
 def qmc_sampler(settings: SamplerSettings) -> optuna.samplers.BaseSampler:
     """Scrambled Sobol quasi-random points: even coverage without a model."""
-    return optuna.samplers.QMCSampler(
-        seed=settings.seed, scramble=True, warn_independent_sampling=False
-    )
+    with warnings.catch_warnings():
+        # Marked experimental since Optuna 3.0; the warning would only be noise here.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.QMCSampler(
+            seed=settings.seed, scramble=True, warn_independent_sampling=False
+        )
 
 
 def gp_sampler(settings: SamplerSettings) -> optuna.samplers.BaseSampler:

@@ -81,23 +81,28 @@ def best_lines(best: BestTrial) -> list[str]:
 
 
 def trials_table(study: optuna.Study) -> Table:
-    """One row per trial: number, state, value, val_accuracy, params, duration, why it ended."""
+    """One row per trial: number, state, val_loss, val_accuracy, a column per parameter,
+    duration, and why it failed or was pruned."""
+    trials = study.get_trials(deepcopy=False)
+    param_names = list(dict.fromkeys(name for t in trials for name in t.params))
+
     table = Table(title=f"study {study.study_name}", title_justify="left")
     table.add_column("trial", justify="right")
     table.add_column("state")
     table.add_column("val_loss", justify="right")
     table.add_column("val_accuracy", justify="right")
-    table.add_column("params")
+    for name in param_names:
+        table.add_column(name, justify="right")
     table.add_column("duration", justify="right")
     table.add_column("fail reason")
 
-    for trial in study.get_trials(deepcopy=False):
+    for trial in trials:
         table.add_row(
             str(trial.number),
             trial.state.name,
-            _format(trial.value) if trial.value is not None else "",
-            _format(trial.user_attrs.get("val_accuracy", "")),
-            params_text(trial.params),
+            _format(trial.value),
+            _format(trial.user_attrs.get("val_accuracy")),
+            *(_format(trial.params.get(name)) for name in param_names),
             _duration(trial.duration),
             _ending(trial),
         )

@@ -280,9 +280,8 @@ def tune(config: TuneConfig, on_trial: Callable[[FrozenTrial], None] | None = No
             timeout=config.trial_timeout,
         )
         callbacks = [] if on_trial is None else [lambda _study, t: on_trial(t)]
-        before = len(study.get_trials(deepcopy=False))
         study.optimize(objective, n_trials=missing, catch=(TrialFailed,), callbacks=callbacks)
-        ran = len(study.get_trials(deepcopy=False)) - before
+        ran = len(study.get_trials(deepcopy=False, states=FINISHED)) - finished_before
         if ran < missing and _grid_exhausted(study):
             stop_reason = "the grid is exhausted"
 

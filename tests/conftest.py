@@ -14,10 +14,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
 from helpers import REPO, run_orchestrate
 
-FAKE_PRELUDE = '''\
+FAKE_PRELUDE = """\
 import argparse, json, math, os, signal, subprocess, sys, time
 
 def emit(event, **fields):
@@ -58,13 +57,11 @@ def train():
     for n in range(1, EPOCHS + 1):
         epoch(n)
     result()
-'''
+"""
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "real: runs the built rust-trainer on the real MNIST files"
-    )
+    config.addinivalue_line("markers", "real: runs the built rust-trainer on the real MNIST files")
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from helpers import REAL_FLAGS
+
 from orchestrator.events import (
     EpochEvent,
     ErrorEvent,

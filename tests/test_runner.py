@@ -7,8 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
 from helpers import REAL_FLAGS, process_gone
+
 from orchestrator.events import EpochEvent, ResultEvent, StartEvent
 from orchestrator.runner import RunOutcome, TrainerProcess
 
@@ -35,7 +35,12 @@ def test_a_normal_run_is_read_and_logged(fake_trainer: FakeTrainer, tmp_path: Pa
     assert outcome.failure() is None and outcome.returncode == 0
     # The folder holds the exact command, every stdout line, and stderr.
     assert (log_dir / "command.txt").read_text().split() == [
-        str(trainer), "train", "--epochs", "2", "--lr", "0.01"
+        str(trainer),
+        "train",
+        "--epochs",
+        "2",
+        "--lr",
+        "0.01",
     ]
     assert len((log_dir / "events.jsonl").read_text().splitlines()) == 4
     assert (log_dir / "stderr.log").read_text() == "loading\n"

@@ -1,0 +1,257 @@
+"""The `orchestrate` command: light checks through Click's runner with fake trainers, and
+end-to-end runs of `python -m orchestrator` with the real trainer on real MNIST."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shlex
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+import pytest
+from click.testing import CliRunner, Result
+from helpers import REAL_FLAGS, run_orchestrate
+from optuna.trial import TrialState
+
+from orchestrator.cli import cli
+from orchestrator.registry import PRUNERS, SAMPLERS
+
+FakeTrainer = Callable[..., Path]
+
+
+def invoke(*args: str) -> Result:
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def test_help_lists_the_commands() -> None:
+    result = invoke("--help")
+
+    # The group's help shows every command.
+    assert result.exit_code == 0
+    for command in ("build", "train", "tune", "best", "trials"):
+        assert f"  {command} " in result.output
+
+
+def test_tune_help_lists_every_sampler_and_pruner() -> None:
+    result = invoke("tune", "--help")
+
+    # The choices come from the registries.
+    assert result.exit_code == 0
+    assert all(name in result.output for name in [*SAMPLERS, *PRUNERS])
+    # The default storage is documented.
+    assert "sqlite:///orchestrate.db" in result.output
+
+
+def test_a_missing_trainer_exits_2_with_advice(tmp_path: Path) -> None:
+    result = invoke("train", "--trainer", str(tmp_path / "nope"), "--epochs", "1")
+
+    # A usage problem: exit 2, and the message says what is wrong.
+    assert result.exit_code == 2
+    assert "not an executable file" in result.output
+
+
+def test_train_passes_flags_through_and_exits_with_the_trainers_code(
+    fake_trainer: FakeTrainer, tmp_path: Path
+) -> None:
+    argv_file = tmp_path / "argv.json"
+    trainer = fake_trainer(
+        f"json.dump(sys.argv[1:], open({str(argv_file)!r}, 'w')); train(); sys.exit(7)"
+    )
+    flags = ["--epochs", "2", "--lr", "0.01", "--nesterov", "--unknown-to-orchestrate", "x"]
+
+    result = invoke("train", "--trainer", str(trainer), *flags)
+
+    # The trainer sees exactly the flags given, after its `train` subcommand.
+    assert json.loads(argv_file.read_text()) == ["train", *flags]
+    # Its exit code is ours, and each epoch and the result are shown.
+    assert result.exit_code == 7
+    assert "epoch 2/2" in result.output and "completed" in result.output
+
+
+def test_tune_trials_and_best_with_a_fake_trainer(fake_trainer: FakeTrainer, in_tmp: Path) -> None:
+    trainer = str(fake_trainer())
+    tune_args = ["tune", "--trainer", trainer, "--trials", "3", "--seed", "4", "--epochs", "2"]
+
+    tuned = invoke(*tune_args, "--sampler", "random")
+    table = invoke("trials")
+    best = invoke("best", "--study", "cnn-mnist")
+    best_json = json.loads(invoke("best", "--json").output)
+
+    # tune reports what it ran, in the default storage in the current folder.
+    assert tuned.exit_code == 0, tuned.output
+    assert "ran 3 trials" in tuned.output and (in_tmp / "orchestrate.db").is_file()
+    # trials shows one row per trial (the only study is picked without --study).
+    assert table.exit_code == 0
+    assert all(re.search(rf"│ +{n} │ COMPLETE ", table.output) for n in range(3))
+    # best's last line is the exact command of the best trial, as JSON also gives it.
+    assert best.exit_code == 0
+    assert best.output.splitlines()[-1] == best_json["command"]
+    assert shlex.split(best_json["command"])[0] == trainer
+
+
+def test_resuming_with_other_epochs_exits_2(fake_trainer: FakeTrainer, in_tmp: Path) -> None:
+    trainer = str(fake_trainer())
+    invoke("tune", "--trainer", trainer, "--trials", "1", "--seed", "1", "--epochs", "2")
+
+    result = invoke("tune", "--trainer", trainer, "--trials", "2", "--seed", "1", "--epochs", "3")
+
+    # The study's settings differ: refused, naming the difference.
+    assert result.exit_code == 2
+    assert "epochs: study has 2, this command 3" in result.output
+
+
+def test_unknown_study_exits_2_and_lists_the_studies(in_tmp: Path) -> None:
+    optuna.create_study(study_name="cnn-mnist", storage="sqlite:///orchestrate.db")
+
+    result = invoke("best", "--study", "cnn-fashion")
+
+    # The message names the study and the storage, and lists what exists.
+    assert result.exit_code == 2
+    assert "no study 'cnn-fashion' in sqlite:///orchestrate.db" in result.output
+    assert "cnn-mnist" in result.output
+
+
+@pytest.mark.parametrize("storage", ["not a url", "sqlite:///missing/none.db"])
+def test_a_bad_storage_exits_2(in_tmp: Path, storage: str) -> None:
+    result = invoke("trials", "--study", "x", "--storage", storage)
+
+    # Exit 2, naming the storage.
+    assert result.exit_code == 2
+    assert storage in result.output
+
+
+def test_best_without_a_completed_trial_exits_1(fake_trainer: FakeTrainer, in_tmp: Path) -> None:
+    trainer = str(fake_trainer("sys.exit(3)"))
+    invoke("tune", "--trainer", trainer, "--trials", "2", "--seed", "1")
+
+    result = invoke("best")
+
+    # Nothing to show is a failure of the request, not of its usage.
+    assert result.exit_code == 1
+    assert "no completed trial yet (2 FAIL)" in result.output
+
+
+# End to end, with the real trainer on real MNIST.
+
+
+@pytest.fixture(scope="module")
+def e2e_study(
+    real_trainer: Path, data_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, list[str]]:
+    """A four-trial TPE study made with the real trainer; returns its folder and command."""
+    cwd = tmp_path_factory.mktemp("e2e")
+    args = ["tune", "--trials", "4", "--sampler", "tpe", "--pruner", "none", "--seed", "3"]
+    args += ["--epochs", "2", "--data-dir", str(data_dir), "--study", "e2e", *REAL_FLAGS]
+    completed = run_orchestrate(args, cwd=cwd, env={"RUST_TRAINER": str(real_trainer)})
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return cwd, args
+
+
+def load(cwd: Path, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{cwd / 'orchestrate.db'}")
+
+
+@pytest.mark.real
+def test_real_tune_completes_with_finite_values(e2e_study: tuple[Path, list[str]]) -> None:
+    cwd, _ = e2e_study
+    trials = load(cwd, "e2e").trials[:4]
+
+    # Four trials, each completed with a finite val_loss and its accuracy.
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+    assert all(math.isfinite(t.value or math.nan) for t in trials)
+    assert all(0 < t.user_attrs["val_accuracy"] <= 1 for t in trials)
+
+
+@pytest.mark.real
+@pytest.mark.timeout(300)
+def test_real_rerun_resumes_without_duplicating(
+    e2e_study: tuple[Path, list[str]], real_trainer: Path
+) -> None:
+    cwd, args = e2e_study
+    env = {"RUST_TRAINER": str(real_trainer)}
+
+    again = run_orchestrate(args, cwd=cwd, env=env)
+    more = run_orchestrate([*args, "--trials", "6"], cwd=cwd, env=env)
+    trials = load(cwd, "e2e").trials
+
+    # The same command again has nothing to run and says so.
+    assert again.returncode == 0 and "nothing to run" in again.stdout
+    # Asking for six runs two more: six trials, six folders, no point run twice.
+    assert more.returncode == 0 and "ran 2 trials" in more.stdout
+    assert [t.number for t in trials] == list(range(6))
+    assert len(list((cwd / "runs" / "e2e").iterdir())) == 6
+    assert len({json.dumps(t.params, sort_keys=True) for t in trials}) == 6
+
+
+@pytest.mark.real
+def test_real_best_command_reproduces_the_val_loss(
+    e2e_study: tuple[Path, list[str]], real_trainer: Path, tmp_path: Path
+) -> None:
+    cwd, _ = e2e_study
+    best = run_orchestrate(["best", "--study", "e2e"], cwd=cwd)
+    command = best.stdout.splitlines()[-1]
+
+    # Pasted into a shell elsewhere, the printed command trains the same model again ...
+    rerun = subprocess.run(
+        command, shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    result = json.loads(rerun.stdout.splitlines()[-1])
+    # ... and reaches the same val_loss, to the last digit.
+    assert best.returncode == 0 and rerun.returncode == 0, rerun.stderr[-2000:]
+    assert command.startswith(f"{real_trainer} train ")
+    assert result["event"] == "result"
+    assert result["val_loss"] == load(cwd, "e2e").best_value
+
+
+@pytest.mark.real
+def test_real_trials_table_shows_every_trial(e2e_study: tuple[Path, list[str]]) -> None:
+    cwd, _ = e2e_study
+    completed = run_orchestrate(["trials", "--study", "e2e"], cwd=cwd)
+
+    # One row per trial, with its state.
+    assert completed.returncode == 0
+    assert completed.stdout.count("COMPLETE") == len(load(cwd, "e2e").trials)
+
+
+@pytest.mark.real
+@pytest.mark.timeout(300)
+def test_real_random_sampler_with_a_median_pruner_prunes(
+    real_trainer: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    # Two trials to compare against, then every worse-than-median trial stops at epoch 1.
+    args = ["tune", "--trials", "7", "--sampler", "random", "--seed", "1", "--epochs", "3"]
+    args += ["--pruner", "median", "--pruner-startup-trials", "2", "--data-dir", str(data_dir)]
+    completed = run_orchestrate(
+        [*args, *REAL_FLAGS], cwd=tmp_path, env={"RUST_TRAINER": str(real_trainer)}
+    )
+    states = [t.state for t in load(tmp_path, "cnn-mnist").trials]
+
+    # The random sampler ran all seven trials, and the pruner stopped some of them.
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert len(states) == 7
+    assert TrialState.PRUNED in states and TrialState.COMPLETE in states
+
+
+@pytest.mark.real
+def test_real_train_passes_through_and_keeps_exit_codes(
+    real_trainer: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    env = {"RUST_TRAINER": str(real_trainer)}
+    base = ["train", "--epochs", "1", *REAL_FLAGS]
+
+    ok = run_orchestrate([*base, "--data-dir", str(data_dir)], cwd=tmp_path, env=env)
+    bad_flag = run_orchestrate(
+        [*base, "--data-dir", str(data_dir), "--lr", "-1"], cwd=tmp_path, env=env
+    )
+    no_data = run_orchestrate([*base, "--data-dir", str(tmp_path)], cwd=tmp_path, env=env)
+
+    # A good run shows its epoch and result, and exits 0.
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "epoch 1/1" in ok.stdout and "completed" in ok.stdout
+    # A bad flag exits 2 and missing data 3, as the trainer does.
+    assert bad_flag.returncode == 2 and "--lr" in bad_flag.stderr
+    assert no_data.returncode == 3

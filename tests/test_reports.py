@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+import io
+import math
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from rich.console import Console
+
+from orchestrator.errors import NoCompletedTrial
+from orchestrator.events import EpochEvent, ErrorEvent, ResultEvent, StartEvent
+from orchestrator.reports import best_lines, best_trial, event_line, trial_line, trials_table
+
+
+def study_with_trials() -> optuna.Study:
+    study = optuna.create_study(study_name="demo")
+    dist = optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)
+    rows: list[tuple[float | None, TrialState, dict[str, object]]] = [
+        (0.2, TrialState.COMPLETE, {"val_accuracy": 0.95, "command": "rust-trainer train"}),
+        (None, TrialState.PRUNED, {"epochs_run": 1}),
+        (None, TrialState.FAIL, {"fail_reason": "diverged", "exit_code": 4}),
+        (0.1, TrialState.COMPLETE, {"val_accuracy": 0.97, "command": "rt train --lr 0.01"}),
+    ]
+    for number, (value, state, attrs) in enumerate(rows):
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"lr": 10.0 ** -(number + 1)},
+                distributions={"lr": dist},
+                value=value,
+                state=state,
+                user_attrs=attrs,
+            )
+        )
+    return study
+
+
+def render(table: object) -> str:
+    out = io.StringIO()
+    Console(file=out, width=200).print(table)
+    return out.getvalue()
+
+
+def test_the_table_has_a_row_per_trial_with_its_ending() -> None:
+    text = render(trials_table(study_with_trials()))
+
+    # Parameters get their own column; each row says how the trial ended.
+    assert " lr " in text
+    assert "pruned at epoch 1" in text
+    assert "diverged (exit code 4)" in text
+    assert text.count("COMPLETE") == 2
+
+
+def test_best_is_the_lowest_val_loss_and_ends_with_its_command() -> None:
+    best = best_trial(study_with_trials())
+    lines = best_lines(best)
+
+    # The best trial is the one with the lowest value, shown at full precision.
+    assert best.number == 3 and "val_loss: 0.1" in lines
+    # The command comes last, alone, so that it can be pasted into a shell.
+    assert lines[-1] == "rt train --lr 0.01"
+
+
+def test_best_without_a_completed_trial_is_an_error() -> None:
+    study = optuna.create_study(study_name="empty")
+
+    # The message names the study and what to do.
+    with pytest.raises(NoCompletedTrial, match=r"'empty' has no completed trial.*tune"):
+        best_trial(study)
+
+
+def test_trial_lines_say_how_each_trial_ended() -> None:
+    trials = study_with_trials().trials
+
+    # Complete trials show their values; others their ending.
+    assert trial_line(trials[0]).startswith("trial 0 COMPLETE val_loss 0.2 val_accuracy 0.95")
+    assert "PRUNED pruned at epoch 1" in trial_line(trials[1])
+    assert "FAIL diverged (exit code 4)" in trial_line(trials[2])
+
+
+def test_each_event_has_a_readable_line() -> None:
+    start = StartEvent("0.1.0", "cnn", "mnist", "cpu", 2, 1111946, 1000, 1200, {})
+    epoch = EpochEvent(2, 3, 0.5, 0.25, 0.9, 0.001, 1.5, 2000.0)
+    result = ResultEvent("diverged", math.nan, math.nan, None, 0, 5.0)
+
+    # Numbers are grouped and rounded for reading; NaN shows as nan.
+    assert "1,111,946 parameters" in event_line(start)
+    assert event_line(epoch).startswith("epoch 2/3  train_loss 0.5000  val_loss 0.2500")
+    assert "val_loss nan" in event_line(result)
+    assert "(data): missing" in event_line(ErrorEvent("data", "missing"))

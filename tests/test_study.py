@@ -1,0 +1,362 @@
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import shlex
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from helpers import process_gone
+from optuna.trial import TrialState
+
+from orchestrator.errors import StudyMismatch
+from orchestrator.registry import SAMPLERS
+from orchestrator.space import CategoricalParam, FloatParam, SearchSpace, cnn_space
+from orchestrator.study import TrainerFlags, TuneConfig, tune
+
+FakeTrainer = Callable[..., Path]
+
+
+def config(trainer: Path, tmp_path: Path, **changes: Any) -> TuneConfig:
+    base = TuneConfig(
+        trainer=trainer,
+        study_name="s",
+        storage=f"sqlite:///{tmp_path / 'studies.db'}",
+        trials=4,
+        space=cnn_space(),
+        flags=TrainerFlags(epochs=3, threads=1, data_dir=tmp_path),
+        sampler="random",
+        pruner="none",
+        seed=1,
+        runs_dir=tmp_path / "runs",
+    )
+    return dataclasses.replace(base, **changes)
+
+
+def load(cfg: TuneConfig) -> optuna.Study:
+    return optuna.load_study(study_name=cfg.study_name, storage=cfg.storage)
+
+
+def test_a_study_runs_its_trials_and_records_them(
+    fake_trainer: FakeTrainer, tmp_path: Path
+) -> None:
+    cfg = config(fake_trainer(), tmp_path)
+
+    summary = tune(cfg)
+    trials = load(cfg).trials
+
+    # Every trial completes with the result event's val_loss as its value.
+    assert summary.ran == 4 and summary.states == {"COMPLETE": 4}
+    assert all(
+        t.state == TrialState.COMPLETE and math.isfinite(t.value or math.nan) for t in trials
+    )
+    # Each trial has its attributes and its folder with command, events and stderr.
+    first = trials[0]
+    assert first.user_attrs["status"] == "completed"
+    assert first.user_attrs["epochs_run"] == 3 and first.user_attrs["best_epoch"] == 3
+    assert first.user_attrs["parameters"] == 1234
+    folder = Path(first.user_attrs["trial_dir"])
+    assert folder == tmp_path / "runs" / "s" / "trial-0000"
+    assert {p.name for p in folder.iterdir()} == {"command.txt", "events.jsonl", "stderr.log"}
+    # The recorded command is absolute, carries the study's seed, and matches the folder's.
+    command = shlex.split(first.user_attrs["command"])
+    assert command[0] == str(cfg.trainer) and command[1] == "train"
+    assert command[command.index("--seed") + 1] == "1"
+    assert command[command.index("--data-dir") + 1] == str(tmp_path)
+    assert (folder / "command.txt").read_text().strip() == first.user_attrs["command"]
+
+
+def test_every_epoch_is_reported_as_an_intermediate_value(
+    fake_trainer: FakeTrainer, tmp_path: Path
+) -> None:
+    cfg = config(fake_trainer(), tmp_path, trials=1)
+
+    tune(cfg)
+    trial = load(cfg).trials[0]
+
+    # One intermediate value per epoch, keyed by the 1-based epoch.
+    assert sorted(trial.intermediate_values) == [1, 2, 3]
+    assert trial.intermediate_values[3] == trial.value
+
+
+def test_rerunning_resumes_to_the_requested_total(
+    fake_trainer: FakeTrainer, tmp_path: Path
+) -> None:
+    cfg = config(fake_trainer(), tmp_path, trials=2)
+
+    first = tune(cfg)
+    second = tune(dataclasses.replace(cfg, trials=5))
+    third = tune(dataclasses.replace(cfg, trials=5))
+    trials = load(cfg).trials
+
+    # The second run adds only the missing trials; the third has nothing left to do.
+    assert (first.ran, second.ran, third.ran) == (2, 3, 0)
+    assert third.stop_reason is not None and "already has" in third.stop_reason
+    # Trials are not duplicated: five numbers, five folders, five different points.
+    assert [t.number for t in trials] == [0, 1, 2, 3, 4]
+    assert len(list((tmp_path / "runs" / "s").iterdir())) == 5
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 5
+
+
+def test_a_resumed_study_keeps_its_seed(fake_trainer: FakeTrainer, tmp_path: Path) -> None:
+    cfg = config(fake_trainer(), tmp_path, trials=1, seed=None)
+
+    first = tune(cfg)
+    second = tune(dataclasses.replace(cfg, trials=2))
+    commands = [t.user_attrs["command"] for t in load(cfg).trials]
+
+    # A new study without --seed draws one and stores it; resuming uses the stored one.
+    assert first.seed == second.seed
+    assert all(f"--seed {first.seed} " in c for c in commands)
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"flags": TrainerFlags(epochs=5, threads=1)}, "epochs: study has 3, this command 5"),
+        ({"seed": 2}, "seed: study has 1, this command 2"),
+        ({"space": SearchSpace("x", (FloatParam("lr", 0.1, 0.2),))}, "space: study has"),
+    ],
+)
+def test_resuming_with_other_settings_is_refused(
+    fake_trainer: FakeTrainer, tmp_path: Path, change: dict[str, Any], words: str
+) -> None:
+    cfg = config(fake_trainer(), tmp_path, trials=1)
+    tune(cfg)
+
+    # Trials with other epochs, seed or space would not be comparable.
+    with pytest.raises(StudyMismatch, match=words):
+        tune(dataclasses.replace(cfg, trials=2, **change))
+
+
+@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+def test_a_seeded_sampler_is_reproducible(
+    fake_trainer: FakeTrainer, tmp_path: Path, sampler: str
+) -> None:
+    trainer = fake_trainer()
+    runs = []
+    for name in ("a", "b"):
+        cfg = config(trainer, tmp_path, study_name=name, sampler=sampler, trials=3, seed=11)
+        tune(cfg)
+        runs.append([(t.params, t.value) for t in load(cfg).trials])
+
+    # The same seed gives the same points and values, trial by trial.
+    assert runs[0] == runs[1]
+
+
+def test_a_failing_trainer_becomes_fail_and_the_study_goes_on(
+    fake_trainer: FakeTrainer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Diverges for a large lr, the way the real trainer does: result, error event, exit 4.
+    trainer = fake_trainer(
+        """
+        start()
+        if LR > 3e-3:
+            print("epoch 1: loss is NaN", file=sys.stderr)
+            result("diverged")
+            emit("error", kind="diverged", message="the loss became non-finite; lower --lr")
+            sys.exit(4)
+        train()
+        """
+    )
+    cfg = config(trainer, tmp_path, trials=6, seed=3)
+
+    with caplog.at_level(logging.WARNING):
+        summary = tune(cfg)
+    trials = load(cfg).trials
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+
+    # All six trials ran: the failures did not stop the study.
+    assert summary.ran == 6 and failed and len(failed) < 6
+    # A failed trial keeps its reason, the trainer's message, exit code and stderr tail.
+    attrs = failed[0].user_attrs
+    assert attrs["fail_reason"] == "diverged"
+    assert attrs["fail_message"] == "the loss became non-finite; lower --lr"
+    assert attrs["exit_code"] == 4
+    assert attrs["stderr_tail"] == "epoch 1: loss is NaN"
+    assert "command" in attrs
+    # One WARNING per failed trial, with params, reason and stderr; no traceback from Optuna.
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == len(failed)
+    assert "diverged" in warnings[0].getMessage() and "'lr'" in warnings[0].getMessage()
+    assert "stderr: epoch 1: loss is NaN" in warnings[0].getMessage()
+    assert "Traceback" not in caplog.text
+
+
+def test_a_killed_trainer_is_recorded_with_its_signal(
+    fake_trainer: FakeTrainer, tmp_path: Path
+) -> None:
+    cfg = config(fake_trainer("start(); os.kill(os.getpid(), signal.SIGKILL)"), tmp_path, trials=2)
+
+    tune(cfg)
+    trials = load(cfg).trials
+
+    # A signal is a crash, recorded with the signal's number instead of an exit code.
+    assert [t.state for t in trials] == [TrialState.FAIL] * 2
+    assert trials[0].user_attrs["fail_reason"] == "crashed"
+    assert trials[0].user_attrs["signal"] == 9 and "exit_code" not in trials[0].user_attrs
+
+
+def test_a_malformed_event_fails_the_trial(fake_trainer: FakeTrainer, tmp_path: Path) -> None:
+    cfg = config(fake_trainer("start(); emit('result', status='done')"), tmp_path, trials=1)
+
+    tune(cfg)
+    trial = load(cfg).trials[0]
+
+    # A broken contract is bad output, and the reason names the field.
+    assert trial.state == TrialState.FAIL
+    assert trial.user_attrs["fail_reason"] == "bad output"
+    assert "'status'" in trial.user_attrs["fail_message"]
+
+
+def test_a_pruned_trial_ends_its_process(fake_trainer: FakeTrainer, tmp_path: Path) -> None:
+    # Each epoch takes a moment, and the process records its pid for the check below.
+    trainer = fake_trainer(
+        f"""
+        open({str(tmp_path / "pids")!r}, "a").write(f"{{os.getpid()}}\\n")
+        start()
+        for n in range(1, EPOCHS + 1):
+            epoch(n)
+            time.sleep(0.05)
+        result()
+        """
+    )
+    cfg = config(trainer, tmp_path, trials=8, pruner="median", pruner_startup_trials=2, seed=5)
+
+    summary = tune(cfg)
+    pruned = [t for t in load(cfg).trials if t.state == TrialState.PRUNED]
+
+    # With two trials to compare against, a worse trial is stopped early.
+    assert summary.ran == 8 and pruned
+    assert pruned[0].user_attrs["status"] == "pruned"
+    assert pruned[0].user_attrs["epochs_run"] < 3
+    # No trainer process outlives its trial.
+    pids = [int(line) for line in (tmp_path / "pids").read_text().split()]
+    assert all(process_gone(pid) for pid in pids)
+
+
+@pytest.mark.parametrize("pruner", ["median", "percentile", "successive-halving", "hyperband"])
+def test_each_pruner_prunes(fake_trainer: FakeTrainer, tmp_path: Path, pruner: str) -> None:
+    cfg = config(
+        fake_trainer(), tmp_path, trials=12, pruner=pruner, pruner_startup_trials=2, seed=2
+    )
+    cfg = dataclasses.replace(cfg, flags=TrainerFlags(epochs=9, threads=1))
+
+    tune(cfg)
+    states = [t.state for t in load(cfg).trials]
+
+    # Every pruner stops at least one of the worse trials.
+    assert TrialState.PRUNED in states and TrialState.COMPLETE in states
+
+
+def test_the_grid_stops_when_exhausted(fake_trainer: FakeTrainer, tmp_path: Path) -> None:
+    space = SearchSpace(
+        "tiny",
+        (
+            FloatParam("lr", 1e-4, 1e-1, log=True, grid=(1e-3, 1e-2)),
+            CategoricalParam("optimizer", ("sgd", "adam")),
+        ),
+    )
+    cfg = config(fake_trainer(), tmp_path, space=space, sampler="grid", trials=10)
+
+    first = tune(cfg)
+    again = tune(cfg)
+    points = {tuple(sorted(t.params.items())) for t in load(cfg).trials}
+
+    # Four grid points, each run once, then the study stops and says why.
+    assert first.ran == 4 and len(points) == 4
+    assert first.stop_reason == "the grid is exhausted"
+    # A rerun does not repeat a point.
+    assert again.ran == 0 and again.stop_reason == "the grid is exhausted"
+
+
+def test_an_interrupt_ends_the_process_and_marks_the_trial(
+    fake_trainer: FakeTrainer, tmp_path: Path
+) -> None:
+    # Ctrl-C reaches the orchestrator (the trainer has its own session): simulate it.
+    trainer = fake_trainer(
+        f"""
+        open({str(tmp_path / "pid")!r}, "w").write(str(os.getpid()))
+        start()
+        os.kill(os.getppid(), signal.SIGINT)
+        time.sleep(600)
+        """
+    )
+    cfg = config(trainer, tmp_path, trials=3)
+
+    with pytest.raises(KeyboardInterrupt):
+        tune(cfg)
+    trial = load(cfg).trials[0]
+
+    # The trial is a FAIL marked interrupted, and its process is gone.
+    assert trial.state == TrialState.FAIL
+    assert trial.user_attrs["fail_reason"] == "interrupted"
+    assert process_gone(int((tmp_path / "pid").read_text()))
+
+
+@pytest.mark.real
+@pytest.mark.timeout(300)
+@pytest.mark.filterwarnings("ignore:Fixed parameter lr")
+def test_real_diverging_trial_fails_and_the_study_goes_on(
+    real_trainer: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    cfg = config(
+        real_trainer,
+        tmp_path,
+        trials=3,
+        flags=TrainerFlags(epochs=1, train_limit=1000, val_fraction=0.02, threads=1,
+                           data_dir=data_dir),
+    )  # fmt: skip
+    study = optuna.create_study(study_name=cfg.study_name, storage=cfg.storage)
+    # lr 1e6 is far outside the space, as a user's enqueued guess may be.
+    study.enqueue_trial(
+        {"lr": 1e6, "batch_size": 64, "optimizer": "sgd", "weight_decay": 1e-5, "dropout": 0.1},
+        skip_if_exists=False,
+    )
+
+    summary = tune(cfg)
+    trials = load(cfg).trials
+
+    # The enqueued trial runs first and diverges: FAIL, with the trainer's reason and code.
+    assert trials[0].params["lr"] == 1e6
+    assert trials[0].state == TrialState.FAIL
+    assert trials[0].user_attrs["fail_reason"] == "diverged"
+    assert trials[0].user_attrs["exit_code"] == 4
+    # The sampled trials after it complete with finite values.
+    assert summary.ran == 3
+    assert [t.state for t in trials[1:]] == [TrialState.COMPLETE] * 2
+    assert all(math.isfinite(t.value or math.nan) for t in trials[1:])
+
+
+@pytest.mark.real
+@pytest.mark.timeout(300)
+def test_real_broken_data_fails_every_trial_and_the_study_goes_on(
+    real_trainer: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken" / "mnist"
+    broken.mkdir(parents=True)
+    for source in (data_dir / "mnist").iterdir():
+        data = source.read_bytes()
+        # The training images are cut to a tenth; the other files are intact.
+        cut = len(data) // 10 if source.name.startswith("train-images") else len(data)
+        (broken / source.name).write_bytes(data[:cut])
+    cfg = config(
+        real_trainer,
+        tmp_path,
+        trials=2,
+        flags=TrainerFlags(epochs=1, train_limit=1000, threads=1, data_dir=broken.parent),
+    )
+
+    summary = tune(cfg)
+    trials = load(cfg).trials
+
+    # Both trials ran, and each failed as a data error with the trainer's message.
+    assert summary.ran == 2
+    assert [t.state for t in trials] == [TrialState.FAIL] * 2
+    assert all(t.user_attrs["fail_reason"] == "data error" for t in trials)
+    assert all(t.user_attrs["exit_code"] == 3 for t in trials)
+    assert "train-images" in trials[0].user_attrs["fail_message"]
