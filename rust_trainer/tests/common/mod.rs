@@ -69,3 +69,61 @@ pub fn mnist_copy() -> tempfile::TempDir {
     }
     copy
 }
+
+/// A balanced CIFAR-10 subset (100 training and 20 test images per class) in the official
+/// binary layout: `RUST_TRAINER_CIFAR_DIR`, else made once under the build folder from the
+/// shared JPEG archive by its `to_binary.py` (which needs numpy and Pillow).
+pub fn cifar_subset() -> PathBuf {
+    static MADE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    MADE.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("RUST_TRAINER_CIFAR_DIR") {
+            return PathBuf::from(dir);
+        }
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/cifar10-subset");
+        let marker = root.join("cifar-10-batches-bin/test_batch.bin");
+        if !marker.is_file() {
+            let script = datasets().join("cifar10/to_binary.py");
+            let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_string());
+            let status = Command::new(&python)
+                .arg(&script)
+                .arg(&root)
+                .args(["--train-per-class", "100", "--test-per-class", "20"])
+                .status()
+                .unwrap_or_else(|e| panic!("running {python} {}: {e}", script.display()));
+            assert!(
+                status.success(),
+                "{} failed; it needs numpy and Pillow",
+                script.display()
+            );
+        }
+        root
+    })
+    .clone()
+}
+
+/// A short run on the CIFAR-10 subset; `extra` flags come last and win.
+pub fn train_cifar(extra: &[&str]) -> Output {
+    let data_dir = cifar_subset();
+    let mut args = vec![
+        "train",
+        "--dataset",
+        "cifar10",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--threads",
+        "2",
+        "--quiet",
+    ];
+    args.extend_from_slice(extra);
+    trainer().args(&args).output().expect("the trainer starts")
+}
+
+pub fn epoch_values(events: &[Value], field: &str) -> Vec<f64> {
+    events
+        .iter()
+        .filter(|e| e["event"] == "epoch")
+        .map(|e| e[field].as_f64().unwrap())
+        .collect()
+}
