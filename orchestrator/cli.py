@@ -299,17 +299,19 @@ def tune(
         pruner_startup_trials=pruner_startup_trials,
         pruner_warmup_epochs=pruner_warmup_epochs,
     )
-    summary = tune_study(config, on_trial=lambda trial: stderr.print(trial_line(trial)))
+    summary = tune_study(
+        config, on_trial=lambda trial: stderr.print(trial_line(trial), markup=False)
+    )
 
     counts = ", ".join(f"{n} {state}" for state, n in summary.states.items())
-    stdout.print(f"study {summary.study_name} in {summary.storage} (seed {summary.seed})")
+    click.echo(f"study {summary.study_name} in {summary.storage} (seed {summary.seed})")
     if summary.stop_reason is not None and summary.ran == 0:
-        stdout.print(f"nothing to run: {summary.stop_reason} ({counts})")
+        click.echo(f"nothing to run: {summary.stop_reason} ({counts})")
     else:
         stopped = f"; stopped: {summary.stop_reason}" if summary.stop_reason else ""
-        stdout.print(f"ran {summary.ran} trials{stopped}; the study has {counts}")
+        click.echo(f"ran {summary.ran} trials{stopped}; the study has {counts}")
     if summary.best is not None:
-        stdout.print(f"best {trial_line(summary.best)}")
+        click.echo(f"best {trial_line(summary.best)}")
 
 
 @cli.command()

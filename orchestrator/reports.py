@@ -12,6 +12,7 @@ from datetime import timedelta
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
+from rich.markup import escape
 from rich.table import Table
 
 from orchestrator.errors import NoCompletedTrial
@@ -117,6 +118,8 @@ def trial_line(trial: FrozenTrial) -> str:
             f"val_loss {_format(trial.value)} "
             f"val_accuracy {_format(attrs.get('val_accuracy', float('nan')))}"
         )
+    elif trial.state == TrialState.PRUNED:
+        outcome = f"at epoch {attrs.get('epochs_run', '?')}"
     else:
         outcome = _ending(trial)
     return (
@@ -126,11 +129,12 @@ def trial_line(trial: FrozenTrial) -> str:
 
 
 def event_line(event: Event) -> str:
-    """One readable line per trainer event (rich markup)."""
+    """One readable line per trainer event, in rich markup (the trainer's text escaped)."""
     if isinstance(event, StartEvent):
         return (
-            f"[bold]training[/] {event.model} on {event.dataset}: device {event.device}, "
-            f"{event.threads} threads, {event.parameters:,} parameters, "
+            f"[bold]training[/] {escape(event.model)} on {escape(event.dataset)}: "
+            f"device {escape(event.device)}, threads {event.threads}, "
+            f"{event.parameters:,} parameters, "
             f"{event.train_size:,} train / {event.val_size:,} val examples"
         )
     if isinstance(event, EpochEvent):
@@ -150,10 +154,10 @@ def event_line(event: Event) -> str:
         if event.test_loss is not None and event.test_accuracy is not None:
             line += f"  test_loss {_f4(event.test_loss)}  test_accuracy {_f4(event.test_accuracy)}"
         if event.checkpoint is not None:
-            line += f"  checkpoint {event.checkpoint}"
+            line += f"  checkpoint {escape(event.checkpoint)}"
         return line
     assert isinstance(event, ErrorEvent)
-    return f"[bold red]error[/] ({event.kind}): {event.message}"
+    return f"[bold red]error[/] ({event.kind}): {escape(event.message)}"
 
 
 def params_text(params: Mapping[str, object]) -> str:
@@ -165,7 +169,8 @@ def _ending(trial: FrozenTrial) -> str:
     if trial.state == TrialState.PRUNED:
         return f"pruned at epoch {attrs.get('epochs_run', '?')}"
     if trial.state == TrialState.FAIL:
-        reason = attrs.get("fail_reason", "error in the orchestrator")
+        # Without a reason, the objective itself raised, or a lost heartbeat ended the trial.
+        reason = attrs.get("fail_reason", "orchestrator error or lost heartbeat")
         code = attrs.get("exit_code")
         return f"{reason} (exit code {code})" if code is not None else str(reason)
     return ""

@@ -23,7 +23,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from orchestrator.errors import StudyMismatch
-from orchestrator.events import EpochEvent
+from orchestrator.events import EpochEvent, StartEvent
 from orchestrator.registry import PRUNERS, SAMPLERS, PrunerSettings, SamplerSettings
 from orchestrator.runner import Failure, RunOutcome, TrainerProcess
 from orchestrator.space import SearchSpace, Value
@@ -189,8 +189,11 @@ class Objective:
     def _run(self, trial: optuna.Trial, command: list[str], trial_dir: Path) -> RunOutcome:
         started = time.monotonic()
         best: EpochEvent | None = None
+        start: StartEvent | None = None
         with TrainerProcess(command, log_dir=trial_dir, timeout=self.timeout) as process:
             for event in process.events():
+                if isinstance(event, StartEvent):
+                    start = event
                 if not isinstance(event, EpochEvent) or math.isnan(event.val_loss):
                     continue
                 if best is None or event.val_loss < best.val_loss:
@@ -206,6 +209,7 @@ class Objective:
                         best_epoch=best.epoch,
                         epochs_run=event.epoch,
                         seconds=round(time.monotonic() - started, 3),
+                        parameters=start.parameters if start else None,
                     )
                     raise optuna.TrialPruned(
                         f"Pruned at epoch {event.epoch} with val_loss {event.val_loss:.6g}."

@@ -3,7 +3,9 @@
 The order is: an explicit path (`--trainer`), the RUST_TRAINER environment variable, the
 binary installed beside this Python (`pip install .` puts it there) or on PATH, and last
 the release build of a source checkout. An explicit path or variable that points nowhere
-is an error rather than a reason to look further: the user asked for that binary.
+is an error rather than a reason to look further: the user asked for that binary. An
+installed binary older than the checkout's build still wins, with a warning, since an
+editable install copies the binary once and `orchestrate build` does not update that copy.
 """
 
 from __future__ import annotations
@@ -37,12 +39,22 @@ def find_trainer(explicit: Path | None = None) -> Path:
     installed = Path(sys.executable).parent / BINARY_NAME
     on_path = shutil.which(BINARY_NAME)
     candidates = [installed, *([Path(on_path)] if on_path else [])]
+    built: Path | None = None
     with contextlib.suppress(NotACheckout):
-        candidates.append(built_binary(repo_root()))
+        built = built_binary(repo_root())
+        candidates.append(built)
 
     for candidate in candidates:
         if _is_executable(candidate):
             logger.debug("using the trainer at %s", candidate)
+            if built is not None and candidate != built and _newer(built, candidate):
+                logger.warning(
+                    "using the installed trainer %s, which is older than this checkout's "
+                    "build %s; pass --trainer (or set %s) to use the build, or reinstall",
+                    candidate,
+                    built,
+                    TRAINER_ENV,
+                )
             return candidate.resolve()
         looked.append(candidate)
 
@@ -73,6 +85,13 @@ def _checked(path: Path, source: str) -> Path:
     if not _is_executable(path):
         raise TrainerNotFound(f"{source} points at {path}, which is not an executable file")
     return path.resolve()
+
+
+def _newer(path: Path, than: Path) -> bool:
+    try:
+        return path.stat().st_mtime > than.stat().st_mtime
+    except OSError:
+        return False
 
 
 def _is_executable(path: Path) -> bool:

@@ -255,3 +255,19 @@ def test_real_train_passes_through_and_keeps_exit_codes(
     # A bad flag exits 2 and missing data 3, as the trainer does.
     assert bad_flag.returncode == 2 and "--lr" in bad_flag.stderr
     assert no_data.returncode == 3
+
+
+def test_ctrl_c_during_tune_exits_130_and_keeps_the_study(
+    fake_trainer: FakeTrainer, in_tmp: Path
+) -> None:
+    # The trainer has its own session; Ctrl-C reaches only the orchestrator. Simulate it.
+    trainer = fake_trainer("start(); os.kill(os.getppid(), signal.SIGINT); time.sleep(600)")
+
+    result = invoke("tune", "--trainer", str(trainer), "--trials", "3", "--seed", "1")
+    trials = optuna.load_study(study_name="cnn-mnist", storage="sqlite:///orchestrate.db").trials
+
+    # The shell convention for SIGINT, and a hint that a rerun resumes.
+    assert result.exit_code == 130
+    assert "run the same command again to resume" in result.output
+    # The interrupted trial is recorded as such; no other trial started.
+    assert [t.user_attrs.get("fail_reason") for t in trials] == ["interrupted"]

@@ -74,7 +74,7 @@ def test_trial_lines_say_how_each_trial_ended() -> None:
 
     # Complete trials show their values; others their ending.
     assert trial_line(trials[0]).startswith("trial 0 COMPLETE val_loss 0.2 val_accuracy 0.95")
-    assert "PRUNED pruned at epoch 1" in trial_line(trials[1])
+    assert "PRUNED at epoch 1" in trial_line(trials[1])
     assert "FAIL diverged (exit code 4)" in trial_line(trials[2])
 
 

@@ -118,3 +118,17 @@ def test_the_real_trainer_is_found_and_reports_libtorch(
     assert str(info["libtorch"]).startswith("2.11.0")
     assert isinstance(info["cuda_available"], bool)
     json.dumps(info)
+
+
+def test_an_installed_binary_older_than_the_build_is_used_with_a_warning(
+    nowhere: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    installed = executable(nowhere / "venv" / "bin" / "rust-trainer")
+    built = executable(nowhere / "checkout" / "target" / "release" / "rust-trainer")
+    os.utime(installed, (1_000_000, 1_000_000))
+
+    found = find_trainer()
+
+    # The order holds (installed before build), but the user hears the copy is stale.
+    assert found == installed
+    assert f"older than this checkout's build {built}" in caplog.text
