@@ -43,6 +43,20 @@ fn main() {
         .unwrap_or_else(|| "unknown".to_string());
     println!("cargo:rustc-env=RUST_TRAINER_LIBTORCH_VERSION={version}");
 
+    // A few lines of C++ for what tch does not expose (autocast's dtype).
+    println!("cargo:rerun-if-changed=csrc/autocast.cpp");
+    let include = lib.join("../include");
+    cc::Build::new()
+        .cpp(true)
+        .pic(true)
+        .warnings(false)
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
+        .file("csrc/autocast.cpp")
+        .compile("rust_trainer_autocast");
+
     if lib.join("libtorch_cuda.so").exists() {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
     }
