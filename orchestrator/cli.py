@@ -128,6 +128,7 @@ def train(trainer: Path | None, trainer_args: tuple[str, ...]) -> NoReturn:
       orchestrate train --model cnn --dataset mnist --epochs 3 --data-dir ../shared/datasets
 
     The exit code is the trainer's. `orchestrate train -- --help` shows the trainer's flags.
+    --trainer, when given, comes before the trainer's flags.
     """
     command = [str(find_trainer(trainer)), "train", *trainer_args]
     with TrainerProcess(command) as process:

@@ -24,6 +24,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Literal
 
+from orchestrator.errors import TrainerNotFound
 from orchestrator.events import (
     EpochEvent,
     ErrorEvent,
@@ -174,6 +175,9 @@ class TrainerProcess:
                 # Its own process group, so that ending it also ends anything it started.
                 start_new_session=True,
             )
+        except OSError as err:
+            self._close_logs()
+            raise TrainerNotFound(f"cannot start {self.command[0]}: {err.strerror}") from err
         except BaseException:
             self._close_logs()
             raise

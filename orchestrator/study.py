@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
+from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from orchestrator.errors import StudyMismatch
@@ -283,7 +284,12 @@ def tune(config: TuneConfig, on_trial: Callable[[FrozenTrial], None] | None = No
             study_dir=config.runs_dir.absolute() / _safe_name(config.study_name),
             timeout=config.trial_timeout,
         )
-        callbacks = [] if on_trial is None else [lambda _study, t: on_trial(t)]
+        # Other workers may share the study: stop when it holds enough finished trials.
+        callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = [
+            MaxTrialsCallback(config.trials, states=FINISHED)
+        ]
+        if on_trial is not None:
+            callbacks.append(lambda _study, trial: on_trial(trial))
         study.optimize(objective, n_trials=missing, catch=(TrialFailed,), callbacks=callbacks)
         ran = len(study.get_trials(deepcopy=False, states=FINISHED)) - finished_before
         if ran < missing and _grid_exhausted(study):

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from helpers import REAL_FLAGS, process_gone
 
+from orchestrator.errors import TrainerNotFound
 from orchestrator.events import EpochEvent, ResultEvent, StartEvent
 from orchestrator.runner import RunOutcome, TrainerProcess
 
@@ -266,3 +267,15 @@ def test_a_real_run_ended_early_leaves_no_process(
     assert outcome.result is not None and outcome.result.status == "stopped"
     # Nothing of it is left running.
     assert process_gone(process.pid)
+
+
+def test_a_trainer_that_cannot_start_is_a_clear_error(tmp_path: Path) -> None:
+    not_executable = tmp_path / "rust-trainer"
+    not_executable.write_text("")
+
+    # The error names the file and the reason, instead of a traceback from Popen.
+    with (
+        pytest.raises(TrainerNotFound, match=f"cannot start {not_executable}: Permission denied"),
+        TrainerProcess([str(not_executable), "train"]),
+    ):
+        pass
