@@ -271,3 +271,27 @@ def test_ctrl_c_during_tune_exits_130_and_keeps_the_study(
     assert "run the same command again to resume" in result.output
     # The interrupted trial is recorded as such; no other trial started.
     assert [t.user_attrs.get("fail_reason") for t in trials] == ["interrupted"]
+
+
+@pytest.mark.real
+def test_real_grid_over_a_toml_space_runs_each_point_once(
+    real_trainer: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    space = tmp_path / "two-points.toml"
+    space.write_text(
+        '[params.lr]\ntype = "float"\nlow = 1e-4\nhigh = 1e-1\nlog = true\n'
+        "grid = [1e-3, 3e-3]\n\n"
+        '[fixed.optimizer]\nvalue = "adamw"\n'
+    )
+    args = ["tune", "--space", str(space), "--sampler", "grid", "--trials", "5", "--seed", "0"]
+    args += ["--epochs", "1", "--data-dir", str(data_dir), *REAL_FLAGS]
+
+    completed = run_orchestrate(args, cwd=tmp_path, env={"RUST_TRAINER": str(real_trainer)})
+    trials = load(tmp_path, "cnn-mnist").trials
+
+    # The two grid points run once each, then the study stops and says why.
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "stopped: the grid is exhausted" in completed.stdout
+    assert sorted(t.params["lr"] for t in trials) == [1e-3, 3e-3]
+    # The fixed value from the file reaches the trainer.
+    assert all("--optimizer adamw" in t.user_attrs["command"] for t in trials)

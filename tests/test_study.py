@@ -360,3 +360,19 @@ def test_real_broken_data_fails_every_trial_and_the_study_goes_on(
     assert all(t.user_attrs["fail_reason"] == "data error" for t in trials)
     assert all(t.user_attrs["exit_code"] == 3 for t in trials)
     assert "train-images" in trials[0].user_attrs["fail_message"]
+
+
+@pytest.mark.real
+def test_real_trial_past_its_time_limit_fails_as_timeout(
+    real_trainer: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    # Loading MNIST alone takes longer than a tenth of a second.
+    flags = TrainerFlags(epochs=1, train_limit=1000, threads=1, data_dir=data_dir)
+    cfg = config(real_trainer, tmp_path, trials=1, flags=flags, trial_timeout=0.1)
+
+    tune(cfg)
+    trial = load(cfg).trials[0]
+
+    # The process is ended and the trial is a FAIL that says why.
+    assert trial.state == TrialState.FAIL
+    assert trial.user_attrs["fail_reason"] == "timeout"
