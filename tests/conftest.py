@@ -8,6 +8,7 @@ trainer with `orchestrate build` when `target/release/rust-trainer` is missing.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
@@ -76,6 +77,17 @@ def fake_trainer(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return make
+
+
+@pytest.fixture
+def sigint_raises() -> Iterator[None]:
+    """Makes SIGINT raise KeyboardInterrupt here, even when the suite was started with
+    SIGINT ignored (as a background job of a non-interactive shell is)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture(scope="session")

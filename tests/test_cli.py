@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shlex
+import signal
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import optuna
 import pytest
 from click.testing import CliRunner, Result
-from helpers import REAL_FLAGS, run_orchestrate
+from helpers import REAL_FLAGS, REPO, run_orchestrate
 from optuna.trial import TrialState
 
 from orchestrator.cli import cli
@@ -257,6 +260,8 @@ def test_real_train_passes_through_and_keeps_exit_codes(
     assert no_data.returncode == 3
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.usefixtures("sigint_raises")
 def test_ctrl_c_during_tune_exits_130_and_keeps_the_study(
     fake_trainer: FakeTrainer, in_tmp: Path
 ) -> None:
@@ -295,3 +300,34 @@ def test_real_grid_over_a_toml_space_runs_each_point_once(
     assert sorted(t.params["lr"] for t in trials) == [1e-3, 3e-3]
     # The fixed value from the file reaches the trainer.
     assert all("--optimizer adamw" in t.user_attrs["command"] for t in trials)
+
+
+@pytest.mark.real
+@pytest.mark.timeout(120)
+def test_real_ctrl_c_during_train_stops_the_trainer_and_exits_130(
+    real_trainer: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    args = ["train", "--data-dir", str(data_dir), "--epochs", "50", *REAL_FLAGS]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RUST_TRAINER": str(real_trainer)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        # As in a terminal: SIGINT interrupts (a background job would ignore it).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    assert process.stdout is not None
+    # Press Ctrl-C once the first epoch is shown.
+    for line in process.stdout:
+        if line.startswith("epoch 1/50"):
+            break
+    process.send_signal(signal.SIGINT)
+    rest, _ = process.communicate(timeout=60)
+
+    # The trainer got the interrupt, printed its stopped result, and its exit code is ours.
+    assert process.returncode == 130
+    assert "stopped: val_loss" in rest
+    assert "epoch 50/50" not in rest

@@ -274,6 +274,8 @@ def test_the_grid_stops_when_exhausted(fake_trainer: FakeTrainer, tmp_path: Path
     assert again.ran == 0 and again.stop_reason == "the grid is exhausted"
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.usefixtures("sigint_raises")
 def test_an_interrupt_ends_the_process_and_marks_the_trial(
     fake_trainer: FakeTrainer, tmp_path: Path
 ) -> None:
