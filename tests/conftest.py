@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from helpers import REPO, run_orchestrate
 
+from orchestrator.build import built_binary
+
 FAKE_PRELUDE = """\
 import argparse, json, math, os, signal, subprocess, sys, time
 
@@ -101,8 +103,9 @@ def data_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def real_trainer() -> Path:
-    """target/release/rust-trainer, built with `orchestrate build` when it is missing."""
-    binary = REPO / "target" / "release" / "rust-trainer"
+    """target/release/rust-trainer (or under $CARGO_TARGET_DIR), built with `orchestrate
+    build` when it is missing."""
+    binary = built_binary(REPO)
     if not binary.is_file():
         completed = run_orchestrate(["build"], cwd=REPO, timeout=3600)
         assert completed.returncode == 0, completed.stderr[-3000:]
