@@ -17,10 +17,11 @@ import click
 import optuna
 from rich.console import Console
 
-from orchestrator import __version__
+from orchestrator import __version__, datasets
 from orchestrator.build import build_trainer
 from orchestrator.errors import (
     BuildFailed,
+    DataError,
     NoCompletedTrial,
     NotACheckout,
     OrchestratorError,
@@ -57,6 +58,7 @@ _EXIT_CODES: dict[type[OrchestratorError], int] = {
     SpaceError: 2,
     BuildFailed: 1,
     NoCompletedTrial: 1,
+    DataError: 1,
 }
 _INTERRUPTED = 130
 
@@ -341,6 +343,81 @@ def trials(study_name: str | None, storage: str) -> None:
     # Piped into a file or another program, a table needs no wrapping to a terminal's width.
     console = stdout if stdout.is_terminal else Console(width=1000, highlight=False)
     console.print(table)
+
+
+@cli.group()
+def data() -> None:
+    """Fetch the datasets, or check the files the trainer will read."""
+
+
+dataset_option = click.option(
+    "--dataset",
+    "names",
+    type=click.Choice([*datasets.DATASETS, "all"]),
+    default="all",
+    show_default=True,
+    help="Which dataset.",
+)
+
+
+@data.command()
+@dataset_option
+@click.option(
+    "--dest",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("data"),
+    show_default=True,
+    help="Root folder: MNIST goes to DEST/mnist, CIFAR-10 to DEST/cifar10.",
+)
+@click.option(
+    "--mirror",
+    "mirrors",
+    multiple=True,
+    metavar="URL",
+    help="Fetch from this base URL instead of the public mirrors (repeatable).",
+)
+def download(names: str, dest: Path, mirrors: tuple[str, ...]) -> None:
+    """Download MNIST and/or CIFAR-10 and check their checksums before keeping them.
+
+    Point the trainer at the result with --data-dir DEST (or RUST_TRAINER_DATA_DIR).
+    """
+    chosen = datasets.DATASETS if names == "all" else (names,)
+    for name in chosen:
+        if name == "mnist":
+            folder = datasets.download_mnist(dest, mirrors or datasets.MNIST_MIRRORS)
+        else:
+            folder = datasets.download_cifar10(dest, mirrors or datasets.CIFAR10_MIRRORS)
+        click.echo(f"{name}: {folder}")
+
+
+@data.command()
+@dataset_option
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    envvar="RUST_TRAINER_DATA_DIR",
+    show_envvar=True,
+    default=Path("data"),
+    show_default=True,
+    help="The root (or dataset folder) the trainer would be given.",
+)
+def verify(names: str, data_dir: Path) -> None:
+    """Check the dataset files under --data-dir: MNIST by checksum, CIFAR-10 by shape.
+
+    Exits 1 when a file is missing or fails its check.
+    """
+    chosen = datasets.DATASETS if names == "all" else (names,)
+    failed = False
+    for name in chosen:
+        folder = datasets.locate(name, data_dir)
+        check_files = datasets.verify_mnist if name == "mnist" else datasets.verify_cifar10
+        checks = check_files(folder)
+        for check in checks:
+            mark = "[green]ok[/]" if check.ok else "[bold red]FAIL[/]"
+            stdout.print(f"{mark}  {check.path}  {check.detail if not check.ok else ''}".rstrip())
+            failed |= not check.ok
+    if failed:
+        raise DataError("some dataset files are missing or damaged; see above")
 
 
 def main() -> None:

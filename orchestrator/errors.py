@@ -38,3 +38,7 @@ class SpaceError(OrchestratorError):
 
 class NoCompletedTrial(OrchestratorError):
     """The study has no completed trial to report."""
+
+
+class DataError(OrchestratorError):
+    """A dataset could not be fetched, or a file failed its check."""

@@ -24,9 +24,10 @@ from orchestrator.space import (
 def test_the_cnn_space_samples_the_issue_s_parameters() -> None:
     space = cnn_space()
 
-    # lr and weight_decay on a log scale, batch size and optimizer categorical, dropout linear.
+    # lr and weight_decay on a log scale, batch size, optimizer and schedule categorical,
+    # dropout linear.
     names = {p.name: p for p in space.params}
-    assert set(names) == {"lr", "batch_size", "optimizer", "weight_decay", "dropout"}
+    assert set(names) == {"lr", "batch_size", "optimizer", "schedule", "weight_decay", "dropout"}
     assert isinstance(names["lr"], FloatParam) and names["lr"].log
     assert isinstance(names["weight_decay"], FloatParam) and names["weight_decay"].log
     assert names["batch_size"] == CategoricalParam("batch_size", (32, 64, 128, 256))
@@ -99,8 +100,21 @@ def test_invalid_spaces_say_what_is_wrong(build: object, words: str) -> None:
 
 def test_unknown_model_has_no_builtin_space() -> None:
     # The message lists what is built in and points at --space.
-    with pytest.raises(SpaceError, match=r"no built-in search space for --model resnet.*--space"):
-        builtin_space("resnet")
+    with pytest.raises(SpaceError, match=r"no built-in search space for --model vgg.*--space"):
+        builtin_space("vgg")
+
+
+def test_resnets_share_an_sgd_space_with_warmup_for_cosine() -> None:
+    space = builtin_space("resnet18")
+    names = {param.name for param in space.params}
+    # The issue's list: lr, weight decay, momentum, schedule, label smoothing, batch size.
+    assert {"lr", "weight_decay", "momentum", "schedule", "label_smoothing", "batch_size"} <= names
+    assert builtin_space("resnet50") == space
+    # Warm-up comes with cosine only: one-cycle would reject it.
+    cosine = space.flags({"schedule": "cosine"})
+    onecycle = space.flags({"schedule": "onecycle"})
+    assert "--warmup-epochs" in cosine and "--warmup-epochs" not in onecycle
+    assert "--nesterov" in cosine
 
 
 def test_a_toml_space_loads(tmp_path: Path) -> None:
