@@ -12,6 +12,8 @@ venv := $(abspath $(VENV))
 export VIRTUAL_ENV := $(venv)
 export PATH := $(venv)/bin:$(PATH)
 export RUST_TRAINER_DATA_DIR := $(abspath $(DATA_DIR))
+# The trainer just built from this checkout, not an older installed copy.
+export RUST_TRAINER := $(abspath target/release/rust-trainer)
 
 .PHONY: setup build tune test test-rust test-python lint clean
 
@@ -29,9 +31,9 @@ build: setup
 	$(VENV)/bin/orchestrate build
 
 tune: build
-	$(VENV)/bin/orchestrate tune --trials $(TRIALS) --epochs 3 --train-limit 24000 \
-		--pruner hyperband --sampler tpe --seed 0 --data-dir $(RUST_TRAINER_DATA_DIR)
-	$(VENV)/bin/orchestrate best
+	$(VENV)/bin/orchestrate tune --study mnist-cnn --trials $(TRIALS) --epochs 3 \
+		--train-limit 20000 --sampler tpe --pruner median --seed 0
+	$(VENV)/bin/orchestrate best --study mnist-cnn
 
 test: test-rust test-python
 
