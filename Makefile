@@ -32,7 +32,7 @@ build: setup
 
 tune: build
 	$(VENV)/bin/orchestrate tune --study mnist-cnn --trials $(TRIALS) --epochs 3 \
-		--train-limit 20000 --sampler tpe --pruner median --seed 0
+		--train-limit 20000 --sampler tpe --pruner median --seed 0 -- --schedule onecycle
 	$(VENV)/bin/orchestrate best --study mnist-cnn
 
 test: test-rust test-python

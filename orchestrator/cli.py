@@ -249,6 +249,7 @@ def train(trainer: Path | None, trainer_args: tuple[str, ...]) -> NoReturn:
     help="End a trial's process after this long and record it as FAIL.",
 )
 @trainer_option
+@click.argument("trainer_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- TRAINER_FLAGS]")
 def tune(
     trials: int,
     sampler: str,
@@ -270,6 +271,7 @@ def tune(
     runs_dir: Path,
     trial_timeout: float | None,
     trainer: Path | None,
+    trainer_args: tuple[str, ...],
 ) -> None:
     """Run an Optuna study, one trainer process per trial, until it has --trials trials.
 
@@ -277,6 +279,9 @@ def tune(
     pruned or failed) count toward --trials. Each trial's val_loss (the best epoch's) is
     minimised; a failed trainer run is recorded as FAIL with its reason and the study goes
     on.
+
+    Trainer flags after `--` go to every trial unchanged, after the study's own flags and
+    before the sampled ones, e.g. `-- --width 0.25 --augment none`.
     """
     config = TuneConfig(
         trainer=find_trainer(trainer),
@@ -293,6 +298,7 @@ def tune(
             device=device,
             data_dir=data_dir,
             threads=threads,
+            extra=trainer_args,
         ),
         sampler=sampler,
         pruner=pruner,

@@ -34,7 +34,16 @@ logger = logging.getLogger(__name__)
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 SETTINGS_ATTR = "settings"
-_COMPARED = ("model", "dataset", "epochs", "train_limit", "val_fraction", "seed", "space")
+_COMPARED = (
+    "model",
+    "dataset",
+    "epochs",
+    "train_limit",
+    "val_fraction",
+    "seed",
+    "space",
+    "extra",
+)
 
 
 def default_threads() -> int:
@@ -64,6 +73,8 @@ class TrainerFlags:
     device: str = "auto"
     data_dir: Path | None = None
     threads: int = field(default_factory=default_threads)
+    # Further trainer flags, the same for every trial (`tune ... -- --width 0.25`).
+    extra: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -85,7 +96,7 @@ class TrainerFlags:
         if self.data_dir is not None:
             # Absolute, so that the recorded command re-runs from any folder.
             flags += ["--data-dir", str(self.data_dir.absolute())]
-        return [*flags, "--threads", str(self.threads)]
+        return [*flags, "--threads", str(self.threads), *self.extra]
 
 
 @dataclass(frozen=True)
@@ -331,11 +342,14 @@ def _settle_settings(study: optuna.Study, config: TuneConfig) -> int:
         "val_fraction": config.flags.val_fraction,
         "seed": seed,
         "space": config.space.describe(),
+        "extra": list(config.flags.extra),
     }
     if not isinstance(stored, dict):
         study.set_user_attr(SETTINGS_ATTR, wanted)
         return seed
 
+    # Studies from before `extra` existed had none.
+    stored = {"extra": [], **stored}
     different = [key for key in _COMPARED if stored.get(key) != wanted[key]]
     if different:
         details = "; ".join(

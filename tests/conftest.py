@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
@@ -99,6 +100,24 @@ def data_dir() -> Path:
     if not (path / "mnist").is_dir() and not (path / "train-images-idx3-ubyte.gz").is_file():
         pytest.fail(f"no MNIST under {path}; set RUST_TRAINER_DATA_DIR to the datasets folder")
     return path.resolve()
+
+
+@pytest.fixture(scope="session")
+def cifar_dir() -> Path:
+    """A balanced CIFAR-10 subset in the official binary layout: $RUST_TRAINER_CIFAR_DIR,
+    else made once under target/ by the datasets' own `to_binary.py` (numpy and Pillow)."""
+    if "RUST_TRAINER_CIFAR_DIR" in os.environ:
+        return Path(os.environ["RUST_TRAINER_CIFAR_DIR"]).resolve()
+    root = REPO / "target" / "cifar10-subset"
+    if not (root / "cifar-10-batches-bin" / "test_batch.bin").is_file():
+        shared = REPO.parent / "shared" / "datasets"
+        script = Path(os.environ.get("RUST_TRAINER_DATA_DIR", shared)) / "cifar10" / "to_binary.py"
+        args = ["--train-per-class", "100", "--test-per-class", "20"]
+        completed = subprocess.run(
+            [sys.executable, str(script), str(root), *args], capture_output=True, text=True
+        )
+        assert completed.returncode == 0, completed.stderr
+    return root
 
 
 @pytest.fixture(scope="session")

@@ -331,3 +331,44 @@ def test_real_ctrl_c_during_train_stops_the_trainer_and_exits_130(
     assert process.returncode == 130
     assert "stopped: val_loss" in rest
     assert "epoch 50/50" not in rest
+
+
+@pytest.mark.real
+@pytest.mark.timeout(600)
+def test_real_resnet_tune_on_a_cifar10_subset(
+    real_trainer: Path, cifar_dir: Path, tmp_path: Path
+) -> None:
+    # The built-in ResNet space, two epochs (cosine gets one of warm-up), a narrow ResNet-18
+    # through the `--` pass-through.
+    args = ["tune", "--model", "resnet18", "--dataset", "cifar10", "--trials", "2"]
+    args += ["--epochs", "2", "--pruner", "none", "--seed", "0", "--threads", "2"]
+    args += ["--data-dir", str(cifar_dir), "--train-limit", "300", "--val-fraction", "0.1"]
+    args += ["--", "--width", "0.125", "--eval-batch-size", "250"]
+    completed = run_orchestrate(args, cwd=tmp_path, env={"RUST_TRAINER": str(real_trainer)})
+    trials = load(tmp_path, "resnet18-cifar10").trials
+
+    # Both trials complete with finite values, and the pass-through flags reached them.
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    assert all(math.isfinite(t.value or math.nan) for t in trials)
+    for trial in trials:
+        command = shlex.split(trial.user_attrs["command"])
+        assert command[command.index("--width") + 1] == "0.125"
+        assert "--nesterov" in command and "--schedule" in command
+
+
+@pytest.mark.real
+def test_real_pass_through_flags_must_match_on_resume(
+    real_trainer: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    env = {"RUST_TRAINER": str(real_trainer)}
+    base = ["tune", "--trials", "1", "--epochs", "1", "--data-dir", str(data_dir), "--seed", "0"]
+    first = run_orchestrate([*base, *REAL_FLAGS, "--", "--hidden", "64"], cwd=tmp_path, env=env)
+    other = run_orchestrate(
+        [*base, "--trials", "2", *REAL_FLAGS, "--", "--hidden", "32"], cwd=tmp_path, env=env
+    )
+
+    # Trials with another architecture would not be comparable: refused, naming the flags.
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert other.returncode == 2
+    assert "extra" in other.stderr and "--hidden" in other.stderr

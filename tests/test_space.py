@@ -24,10 +24,9 @@ from orchestrator.space import (
 def test_the_cnn_space_samples_the_issue_s_parameters() -> None:
     space = cnn_space()
 
-    # lr and weight_decay on a log scale, batch size, optimizer and schedule categorical,
-    # dropout linear.
+    # lr and weight_decay on a log scale, batch size and optimizer categorical, dropout linear.
     names = {p.name: p for p in space.params}
-    assert set(names) == {"lr", "batch_size", "optimizer", "schedule", "weight_decay", "dropout"}
+    assert set(names) == {"lr", "batch_size", "optimizer", "weight_decay", "dropout"}
     assert isinstance(names["lr"], FloatParam) and names["lr"].log
     assert isinstance(names["weight_decay"], FloatParam) and names["weight_decay"].log
     assert names["batch_size"] == CategoricalParam("batch_size", (32, 64, 128, 256))
