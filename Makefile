@@ -32,7 +32,8 @@ build: setup
 
 tune: build
 	$(VENV)/bin/orchestrate tune --study mnist-cnn --trials $(TRIALS) --epochs 3 \
-		--train-limit 20000 --sampler tpe --pruner median --seed 0 -- --schedule onecycle
+		--train-limit 20000 --sampler tpe --pruner successive-halving --seed 0 \
+		-- --schedule onecycle
 	$(VENV)/bin/orchestrate best --study mnist-cnn
 
 test: test-rust test-python

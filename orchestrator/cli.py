@@ -19,6 +19,7 @@ from rich.console import Console
 
 from orchestrator import __version__, datasets
 from orchestrator.build import build_trainer
+from orchestrator.contract import check_space, describe_trainer
 from orchestrator.errors import (
     BuildFailed,
     DataError,
@@ -308,6 +309,8 @@ def tune(
         pruner_startup_trials=pruner_startup_trials,
         pruner_warmup_epochs=pruner_warmup_epochs,
     )
+    # A space the trainer would reject fails here, not once per trial.
+    check_space(config.space, describe_trainer(config.trainer))
     summary = tune_study(
         config, on_trial=lambda trial: stderr.print(trial_line(trial), markup=False)
     )

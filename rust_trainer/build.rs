@@ -17,10 +17,7 @@ fn main() {
     };
     let lib = Path::new(&lib);
 
-    let components: Vec<_> = lib
-        .components()
-        .map(|c| c.as_os_str().to_string_lossy())
-        .collect();
+    let components: Vec<_> = lib.components().map(|c| c.as_os_str().to_string_lossy()).collect();
     if let Some(pos) = components.iter().rposition(|c| c.starts_with("python")) {
         // `.../lib/python3.11/site-packages/torch/lib` -> `$ORIGIN/../lib/python3.11/...`
         if pos > 0 && components[pos - 1] == "lib" {

@@ -72,20 +72,10 @@ pub fn save(
     progress: &Progress,
 ) -> anyhow::Result<()> {
     let mut named: Vec<(String, Tensor)> = best.variables().into_iter().collect();
-    named.extend(
-        last.variables()
-            .into_iter()
-            .map(|(k, v)| (format!("{MODEL_PREFIX}{k}"), v)),
-    );
-    named.extend(
-        optimizer_state
-            .into_iter()
-            .map(|(k, v)| (format!("{OPTIM_PREFIX}{k}"), v)),
-    );
-    let named: Vec<(String, Tensor)> = named
-        .into_iter()
-        .map(|(k, v)| (k, v.contiguous()))
-        .collect();
+    named.extend(last.variables().into_iter().map(|(k, v)| (format!("{MODEL_PREFIX}{k}"), v)));
+    named.extend(optimizer_state.into_iter().map(|(k, v)| (format!("{OPTIM_PREFIX}{k}"), v)));
+    let named: Vec<(String, Tensor)> =
+        named.into_iter().map(|(k, v)| (k, v.contiguous())).collect();
 
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
@@ -126,10 +116,7 @@ pub fn restore(
         ))
     })?;
     let metadata: Metadata = serde_json::from_str(&text).map_err(|err| {
-        usage(format!(
-            "--resume: {} is not checkpoint metadata ({err})",
-            json_path.display()
-        ))
+        usage(format!("--resume: {} is not checkpoint metadata ({err})", json_path.display()))
     })?;
     let expected = architecture(config);
     if metadata.architecture != expected {
@@ -143,10 +130,7 @@ pub fn restore(
 
     let tensors: HashMap<String, Tensor> = Tensor::read_safetensors(path)
         .map_err(|err| {
-            usage(format!(
-                "--resume ({}): not a readable checkpoint ({err})",
-                path.display()
-            ))
+            usage(format!("--resume ({}): not a readable checkpoint ({err})", path.display()))
         })?
         .into_iter()
         .collect();
@@ -167,8 +151,7 @@ pub fn restore(
     let optimizer = tensors
         .iter()
         .filter_map(|(k, v)| {
-            k.strip_prefix(OPTIM_PREFIX)
-                .map(|k| (k.to_string(), v.to_device(device)))
+            k.strip_prefix(OPTIM_PREFIX).map(|k| (k.to_string(), v.to_device(device)))
         })
         .collect();
     Ok((optimizer, metadata.progress))

@@ -29,6 +29,8 @@ pub enum Command {
     Train(TrainArgs),
     /// Print the libtorch version and whether CUDA is available, as one JSON object.
     Info,
+    /// Print every flag of `train` (type, range, default, help) as one JSON object.
+    Describe,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]

@@ -31,9 +31,7 @@ impl DeviceRequest {
                 .and_then(|index| index.parse().ok())
                 .map(Self::Cuda)
                 .ok_or_else(|| {
-                    usage(format!(
-                        "--device ({text}) must be one of auto, cpu, cuda or cuda:N"
-                    ))
+                    usage(format!("--device ({text}) must be one of auto, cpu, cuda or cuda:N"))
                 }),
         }
     }
@@ -92,71 +90,52 @@ pub struct Config {
 impl Config {
     pub fn from_args(args: TrainArgs) -> anyhow::Result<Self> {
         let device_request = DeviceRequest::parse(&args.device)?;
-        check(args.epochs >= 1, || {
-            format!("--epochs ({}) must be at least 1", args.epochs)
-        })?;
-        check(args.batch_size >= 1, || {
-            format!("--batch-size ({}) must be at least 1", args.batch_size)
-        })?;
-        check(args.eval_batch_size >= 1, || {
-            format!(
-                "--eval-batch-size ({}) must be at least 1",
-                args.eval_batch_size
-            )
-        })?;
-        check(args.lr.is_finite() && args.lr > 0.0, || {
-            format!("--lr ({}) must be a finite number greater than 0", args.lr)
-        })?;
-        check((0.0..1.0).contains(&args.momentum), || {
-            format!("--momentum ({}) must be in [0, 1)", args.momentum)
-        })?;
-        check(!args.nesterov || args.momentum > 0.0, || {
-            "--nesterov needs a --momentum greater than 0".to_string()
-        })?;
-        check(
-            args.weight_decay.is_finite() && args.weight_decay >= 0.0,
-            || format!("--weight-decay ({}) must be 0 or more", args.weight_decay),
-        )?;
         let dropout = args.dropout.unwrap_or(match args.model {
             ModelKind::Cnn => 0.5,
             ModelKind::Resnet18 | ModelKind::Resnet34 | ModelKind::Resnet50 => 0.0,
         });
-        check((0.0..1.0).contains(&dropout), || {
-            format!("--dropout ({dropout}) must be in [0, 1)")
-        })?;
-        check((0.0..1.0).contains(&args.label_smoothing), || {
-            format!(
-                "--label-smoothing ({}) must be in [0, 1)",
-                args.label_smoothing
-            )
-        })?;
-        if let Some(norm) = args.clip_grad_norm {
-            check(norm.is_finite() && norm > 0.0, || {
-                format!("--clip-grad-norm ({norm}) must be a finite number greater than 0")
-            })?;
+        let ranged = [
+            ("epochs", Some(args.epochs as f64)),
+            ("batch_size", Some(args.batch_size as f64)),
+            ("eval_batch_size", Some(args.eval_batch_size as f64)),
+            ("lr", Some(args.lr)),
+            ("momentum", Some(args.momentum)),
+            ("weight_decay", Some(args.weight_decay)),
+            ("dropout", Some(dropout)),
+            ("label_smoothing", Some(args.label_smoothing)),
+            ("clip_grad_norm", args.clip_grad_norm),
+            ("width", Some(args.width)),
+            ("conv1", Some(args.conv1 as f64)),
+            ("conv2", Some(args.conv2 as f64)),
+            ("hidden", Some(args.hidden as f64)),
+            ("val_fraction", Some(args.val_fraction)),
+            ("train_limit", args.train_limit.map(|n| n as f64)),
+            ("threads", args.threads.map(|n| n as f64)),
+            ("step_size", Some(args.step_size as f64)),
+            ("gamma", Some(args.gamma)),
+            ("min_lr", Some(args.min_lr)),
+            ("restart_epochs", Some(args.restart_epochs as f64)),
+            ("restart_mult", Some(args.restart_mult as f64)),
+            ("patience", args.patience.map(|n| n as f64)),
+            ("min_delta", Some(args.min_delta)),
+        ];
+        for (name, value) in ranged {
+            if let Some(value) = value {
+                check_range(name, value)?;
+            }
         }
-        check(
-            args.width.is_finite() && args.width > 0.0 && args.width * 64.0 >= 1.0,
-            || format!("--width ({}) must be at least 1/64", args.width),
-        )?;
+        check(!args.nesterov || args.momentum > 0.0, || {
+            "--nesterov needs a --momentum greater than 0".to_string()
+        })?;
         check(args.warmup_epochs < args.epochs, || {
             format!(
                 "--warmup-epochs ({}) must be less than --epochs ({})",
                 args.warmup_epochs, args.epochs
             )
         })?;
-        check(
-            args.warmup_epochs == 0 || args.schedule != ScheduleKind::Onecycle,
-            || {
-                "--warmup-epochs does not combine with --schedule onecycle, which warms up by itself"
+        check(args.warmup_epochs == 0 || args.schedule != ScheduleKind::Onecycle, || {
+            "--warmup-epochs does not combine with --schedule onecycle, which warms up by itself"
                 .to_string()
-            },
-        )?;
-        check(args.step_size >= 1, || {
-            format!("--step-size ({}) must be at least 1", args.step_size)
-        })?;
-        check(args.gamma > 0.0 && args.gamma <= 1.0, || {
-            format!("--gamma ({}) must be in (0, 1]", args.gamma)
         })?;
         check(args.milestones.windows(2).all(|w| w[0] < w[1]), || {
             format!("--milestones ({:?}) must increase", args.milestones)
@@ -167,45 +146,15 @@ impl Config {
                 args.min_lr, args.lr
             )
         })?;
-        check(args.restart_epochs >= 1, || {
-            format!(
-                "--restart-epochs ({}) must be at least 1",
-                args.restart_epochs
-            )
-        })?;
         check(args.restart_mult >= 1, || {
             format!("--restart-mult ({}) must be at least 1", args.restart_mult)
         })?;
         if let Some(patience) = args.patience {
-            check(patience >= 1, || {
-                format!("--patience ({patience}) must be at least 1")
-            })?;
+            check(patience >= 1, || format!("--patience ({patience}) must be at least 1"))?;
         }
-        check(args.min_delta.is_finite() && args.min_delta >= 0.0, || {
-            format!("--min-delta ({}) must be 0 or more", args.min_delta)
-        })?;
-        check(args.val_fraction > 0.0 && args.val_fraction < 1.0, || {
-            format!("--val-fraction ({}) must be in (0, 1)", args.val_fraction)
-        })?;
-        for (flag, width) in [
-            ("--conv1", args.conv1),
-            ("--conv2", args.conv2),
-            ("--hidden", args.hidden),
-        ] {
-            check(width >= 1, || {
-                format!("{flag} ({width}) must be at least 1")
-            })?;
-        }
-        if let Some(limit) = args.train_limit {
-            check(limit >= 1, || {
-                format!("--train-limit ({limit}) must be at least 1")
-            })?;
-        }
-        let threads = match args.threads {
-            Some(0) => return Err(usage("--threads (0) must be at least 1")),
-            Some(threads) => threads,
-            None => std::thread::available_parallelism().map_or(1, usize::from),
-        };
+        let threads = args
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
 
         Ok(Self {
             model: args.model,
@@ -255,6 +204,104 @@ impl Config {
     }
 }
 
+/// The values a numeric flag accepts. `Config` enforces them and `rust-trainer describe`
+/// publishes them, so the orchestrator checks a search space against the same numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Range {
+    pub low: Option<f64>,
+    pub low_open: bool,
+    pub high: Option<f64>,
+    pub high_open: bool,
+}
+
+impl Range {
+    const fn at_least(low: f64) -> Self {
+        Self { low: Some(low), low_open: false, high: None, high_open: false }
+    }
+
+    const fn above(low: f64) -> Self {
+        Self { low: Some(low), low_open: true, high: None, high_open: false }
+    }
+
+    const fn between(low: f64, low_open: bool, high: f64, high_open: bool) -> Self {
+        Self { low: Some(low), low_open, high: Some(high), high_open }
+    }
+
+    pub fn contains(&self, value: f64) -> bool {
+        let above_low = match self.low {
+            Some(low) if self.low_open => value > low,
+            Some(low) => value >= low,
+            None => true,
+        };
+        let below_high = match self.high {
+            Some(high) if self.high_open => value < high,
+            Some(high) => value <= high,
+            None => true,
+        };
+        value.is_finite() && above_low && below_high
+    }
+
+    /// "at least 1", "greater than 0", "in [0, 1)".
+    pub fn describe(&self) -> String {
+        match (self.low, self.high) {
+            (Some(low), None) if self.low_open => format!("greater than {low}"),
+            (Some(low), None) => format!("at least {low}"),
+            (Some(low), Some(high)) => {
+                let open = if self.low_open { '(' } else { '[' };
+                let close = if self.high_open { ')' } else { ']' };
+                format!("in {open}{low}, {high}{close}")
+            }
+            (None, Some(high)) if self.high_open => format!("less than {high}"),
+            (None, Some(high)) => format!("at most {high}"),
+            (None, None) => "a finite number".to_string(),
+        }
+    }
+}
+
+/// Every numeric flag with a range, by its name in `Config` (and in the `start` event).
+pub const RANGES: &[(&str, Range)] = &[
+    ("epochs", Range::at_least(1.0)),
+    ("batch_size", Range::at_least(1.0)),
+    ("eval_batch_size", Range::at_least(1.0)),
+    ("lr", Range::above(0.0)),
+    ("momentum", Range::between(0.0, false, 1.0, true)),
+    ("weight_decay", Range::at_least(0.0)),
+    ("dropout", Range::between(0.0, false, 1.0, true)),
+    ("label_smoothing", Range::between(0.0, false, 1.0, true)),
+    ("clip_grad_norm", Range::above(0.0)),
+    ("width", Range::at_least(1.0 / 64.0)),
+    ("conv1", Range::at_least(1.0)),
+    ("conv2", Range::at_least(1.0)),
+    ("hidden", Range::at_least(1.0)),
+    ("val_fraction", Range::between(0.0, true, 1.0, true)),
+    ("train_limit", Range::at_least(1.0)),
+    ("threads", Range::at_least(1.0)),
+    ("warmup_epochs", Range::at_least(0.0)),
+    ("step_size", Range::at_least(1.0)),
+    ("gamma", Range::between(0.0, true, 1.0, false)),
+    ("min_lr", Range::at_least(0.0)),
+    ("restart_epochs", Range::at_least(1.0)),
+    ("restart_mult", Range::at_least(1.0)),
+    ("patience", Range::at_least(1.0)),
+    ("min_delta", Range::at_least(0.0)),
+];
+
+pub fn range_of(name: &str) -> Option<Range> {
+    RANGES.iter().find(|(known, _)| *known == name).map(|(_, range)| *range)
+}
+
+fn check_range(name: &str, value: f64) -> anyhow::Result<()> {
+    let range = range_of(name).unwrap_or(Range {
+        low: None,
+        low_open: false,
+        high: None,
+        high_open: false,
+    });
+    check(range.contains(value), || {
+        format!("--{} ({value}) must be {}", name.replace('_', "-"), range.describe())
+    })
+}
+
 fn check(rule_holds: bool, message: impl FnOnce() -> String) -> anyhow::Result<()> {
     if rule_holds {
         Ok(())
@@ -267,7 +314,7 @@ fn check(rule_holds: bool, message: impl FnOnce() -> String) -> anyhow::Result<(
 mod tests {
     use super::*;
     use crate::cli::{Cli, Command};
-    use clap::Parser;
+    use clap::{CommandFactory, Parser};
 
     fn parse(extra: &[&str]) -> anyhow::Result<Config> {
         let argv = ["rust-trainer", "train"].iter().chain(extra);
@@ -299,77 +346,50 @@ mod tests {
     #[test]
     fn out_of_range_flags_name_the_flag_and_value() {
         // Each message names the flag and echoes the value that broke the rule.
-        assert_eq!(
-            message(&["--lr", "0"]),
-            "--lr (0) must be a finite number greater than 0"
-        );
-        assert_eq!(
-            message(&["--lr", "-1"]),
-            "--lr (-1) must be a finite number greater than 0"
-        );
-        assert_eq!(
-            message(&["--batch-size", "0"]),
-            "--batch-size (0) must be at least 1"
-        );
-        assert_eq!(
-            message(&["--dropout", "1"]),
-            "--dropout (1) must be in [0, 1)"
-        );
-        assert_eq!(
-            message(&["--val-fraction", "0"]),
-            "--val-fraction (0) must be in (0, 1)"
-        );
-        assert_eq!(
-            message(&["--val-fraction", "1.5"]),
-            "--val-fraction (1.5) must be in (0, 1)"
-        );
-        assert_eq!(
-            message(&["--epochs", "0"]),
-            "--epochs (0) must be at least 1"
-        );
-        assert_eq!(
-            message(&["--threads", "0"]),
-            "--threads (0) must be at least 1"
-        );
+        assert_eq!(message(&["--lr", "0"]), "--lr (0) must be greater than 0");
+        assert_eq!(message(&["--lr", "-1"]), "--lr (-1) must be greater than 0");
+        assert_eq!(message(&["--batch-size", "0"]), "--batch-size (0) must be at least 1");
+        assert_eq!(message(&["--dropout", "1"]), "--dropout (1) must be in [0, 1)");
+        assert_eq!(message(&["--val-fraction", "0"]), "--val-fraction (0) must be in (0, 1)");
+        assert_eq!(message(&["--val-fraction", "1.5"]), "--val-fraction (1.5) must be in (0, 1)");
+        assert_eq!(message(&["--epochs", "0"]), "--epochs (0) must be at least 1");
+        assert_eq!(message(&["--threads", "0"]), "--threads (0) must be at least 1");
         assert_eq!(message(&["--conv2", "0"]), "--conv2 (0) must be at least 1");
         assert_eq!(
             message(&["--epochs", "10", "--warmup-epochs", "12"]),
             "--warmup-epochs (12) must be less than --epochs (10)"
         );
-        assert_eq!(
-            message(&["--gamma", "1.5"]),
-            "--gamma (1.5) must be in (0, 1]"
-        );
-        assert_eq!(
-            message(&["--milestones", "5,3"]),
-            "--milestones ([5, 3]) must increase"
-        );
-        assert_eq!(
-            message(&["--patience", "0"]),
-            "--patience (0) must be at least 1"
-        );
-        assert_eq!(
-            message(&["--label-smoothing", "1"]),
-            "--label-smoothing (1) must be in [0, 1)"
-        );
+        assert_eq!(message(&["--gamma", "1.5"]), "--gamma (1.5) must be in (0, 1]");
+        assert_eq!(message(&["--milestones", "5,3"]), "--milestones ([5, 3]) must increase");
+        assert_eq!(message(&["--patience", "0"]), "--patience (0) must be at least 1");
+        assert_eq!(message(&["--label-smoothing", "1"]), "--label-smoothing (1) must be in [0, 1)");
         assert_eq!(
             message(&["--clip-grad-norm", "-1"]),
-            "--clip-grad-norm (-1) must be a finite number greater than 0"
+            "--clip-grad-norm (-1) must be greater than 0"
         );
+    }
+
+    #[test]
+    fn every_range_has_a_flag_and_describes_itself() {
+        let train = Cli::command();
+        let train = train.find_subcommand("train").unwrap();
+        for (name, range) in RANGES {
+            // Each range belongs to a real flag of `train`.
+            let long = name.replace('_', "-");
+            assert!(train.get_arguments().any(|a| a.get_long() == Some(long.as_str())), "{name}");
+            assert!(!range.describe().is_empty());
+        }
+        assert_eq!(range_of("dropout").unwrap().describe(), "in [0, 1)");
+        assert_eq!(range_of("gamma").unwrap().describe(), "in (0, 1]");
+        assert!(!range_of("lr").unwrap().contains(f64::NAN));
     }
 
     #[test]
     fn device_names_parse() {
         // Every documented spelling parses, anything else is a usage error naming the flag.
         assert_eq!(DeviceRequest::parse("cpu").unwrap(), DeviceRequest::Cpu);
-        assert_eq!(
-            DeviceRequest::parse("cuda").unwrap(),
-            DeviceRequest::Cuda(0)
-        );
-        assert_eq!(
-            DeviceRequest::parse("cuda:3").unwrap(),
-            DeviceRequest::Cuda(3)
-        );
+        assert_eq!(DeviceRequest::parse("cuda").unwrap(), DeviceRequest::Cuda(0));
+        assert_eq!(DeviceRequest::parse("cuda:3").unwrap(), DeviceRequest::Cuda(3));
         let err = DeviceRequest::parse("gpu").unwrap_err();
         assert!(err.to_string().starts_with("--device (gpu)"), "{err}");
     }

@@ -33,9 +33,7 @@ pub enum ErrorKind {
 impl ErrorKind {
     /// Finds the kind of an error by looking through its whole chain of causes.
     pub fn of(err: &anyhow::Error) -> Self {
-        let found = err
-            .chain()
-            .find_map(|cause| cause.downcast_ref::<TrainerError>());
+        let found = err.chain().find_map(|cause| cause.downcast_ref::<TrainerError>());
         match found {
             Some(TrainerError::Usage(_)) => Self::Usage,
             Some(TrainerError::Data(_)) => Self::Data,

@@ -184,10 +184,7 @@ mod tests {
 
     #[test]
     fn error_event_names_its_kind() {
-        let value = line(&Event::Error(ErrorEvent {
-            kind: ErrorKind::Data,
-            message: "bad magic",
-        }));
+        let value = line(&Event::Error(ErrorEvent { kind: ErrorKind::Data, message: "bad magic" }));
         assert_eq!(value["event"], "error");
         assert_eq!(value["kind"], "data");
         assert_eq!(value["message"], "bad magic");
@@ -207,10 +204,7 @@ mod tests {
     #[test]
     fn a_closed_reader_is_reported_as_such() {
         let mut writer = EventWriter::new(ClosedPipe);
-        let err = writer.emit(&Event::Error(ErrorEvent {
-            kind: ErrorKind::Usage,
-            message: "",
-        }));
+        let err = writer.emit(&Event::Error(ErrorEvent { kind: ErrorKind::Usage, message: "" }));
         // A broken pipe becomes StdoutClosed, which the binary turns into a quiet exit.
         assert!(err.unwrap_err().downcast_ref::<StdoutClosed>().is_some());
     }

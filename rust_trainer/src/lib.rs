@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod data;
+pub mod describe;
 pub mod error;
 pub mod events;
 pub mod models;
@@ -60,6 +61,10 @@ pub fn run<W: Write>(
     match command {
         Command::Info => {
             events.write_json(&info())?;
+            Ok(0)
+        }
+        Command::Describe => {
+            events.write_json(&describe::describe())?;
             Ok(0)
         }
         Command::Train(args) => {

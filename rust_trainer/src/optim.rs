@@ -49,11 +49,8 @@ pub struct Optimizer {
 impl Optimizer {
     /// Takes every trainable variable of `vs`, in name order.
     pub fn new(vs: &nn::VarStore, settings: OptimSettings) -> Self {
-        let mut variables: Vec<(String, Tensor)> = vs
-            .variables()
-            .into_iter()
-            .filter(|(_, t)| t.requires_grad())
-            .collect();
+        let mut variables: Vec<(String, Tensor)> =
+            vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
         variables.sort_by(|a, b| a.0.cmp(&b.0));
         let slot_count = match settings.kind {
             OptimizerKind::Sgd => usize::from(settings.momentum > 0.0),
@@ -63,23 +60,12 @@ impl Optimizer {
         let params = variables
             .into_iter()
             .map(|(name, value)| {
-                let slots = (0..slot_count)
-                    .map(|_| value.zeros_like().detach())
-                    .collect();
+                let slots = (0..slot_count).map(|_| value.zeros_like().detach()).collect();
                 let decay = settings.decay_norm_and_bias || value.dim() > 1;
-                Param {
-                    name,
-                    value,
-                    decay,
-                    slots,
-                }
+                Param { name, value, decay, slots }
             })
             .collect();
-        Self {
-            settings,
-            params,
-            steps: 0,
-        }
+        Self { settings, params, steps: 0 }
     }
 
     pub fn set_lr(&mut self, lr: f64) {
@@ -96,21 +82,14 @@ impl Optimizer {
     /// waiting for the device.
     pub fn clip_grad_norm(&self, max_norm: f64) {
         tch::no_grad(|| {
-            let grads: Vec<Tensor> = self
-                .params
-                .iter()
-                .map(|p| p.value.grad())
-                .filter(Tensor::defined)
-                .collect();
+            let grads: Vec<Tensor> =
+                self.params.iter().map(|p| p.value.grad()).filter(Tensor::defined).collect();
             let Some(first) = grads.first() else { return };
             let mut total = Tensor::zeros([], (Kind::Float, first.device()));
             for grad in &grads {
                 total += grad.to_kind(Kind::Float).square().sum(Kind::Float);
             }
-            let scale = (total.sqrt() + 1e-6)
-                .reciprocal()
-                .multiply_scalar(max_norm)
-                .clamp_max(1.0);
+            let scale = (total.sqrt() + 1e-6).reciprocal().multiply_scalar(max_norm).clamp_max(1.0);
             for mut grad in grads {
                 let _ = grad.g_mul_(&scale.to_kind(grad.kind()));
             }
@@ -155,9 +134,7 @@ impl Optimizer {
                         if s.kind == OptimizerKind::Adamw && wd > 0.0 {
                             let _ = value.g_mul_scalar_(1.0 - lr * wd);
                         }
-                        let [m, v] = &mut param.slots[..] else {
-                            unreachable!("two slots")
-                        };
+                        let [m, v] = &mut param.slots[..] else { unreachable!("two slots") };
                         let _ = m.g_mul_scalar_(BETA1);
                         let _ = m.g_add_(&(&grad * (1.0 - BETA1)));
                         let _ = v.g_mul_scalar_(BETA2);
@@ -201,16 +178,13 @@ impl Optimizer {
 
     /// Restores a state written by [`Optimizer::state`] for the same model and optimizer.
     pub fn load_state(&mut self, named: &HashMap<String, Tensor>) -> anyhow::Result<()> {
-        let steps = named
-            .get("steps")
-            .context("optimizer state has no `steps`")?;
+        let steps = named.get("steps").context("optimizer state has no `steps`")?;
         self.steps = steps.int64_value(&[]);
         for param in &mut self.params {
             for (index, slot) in param.slots.iter_mut().enumerate() {
                 let key = format!("{}.{index}", param.name);
-                let saved = named
-                    .get(&key)
-                    .with_context(|| format!("optimizer state lacks {key}"))?;
+                let saved =
+                    named.get(&key).with_context(|| format!("optimizer state lacks {key}"))?;
                 tch::no_grad(|| slot.f_copy_(saved))
                     .with_context(|| format!("optimizer state {key} does not fit"))?;
             }
@@ -257,10 +231,7 @@ mod tests {
         ] {
             let w = descend(kind, lr, momentum, 500);
             // A convex bowl with its floor at 3.
-            assert!(
-                (w - 3.0).abs() < 1e-2,
-                "{kind:?} momentum {momentum}: w = {w}"
-            );
+            assert!((w - 3.0).abs() < 1e-2, "{kind:?} momentum {momentum}: w = {w}");
         }
     }
 
@@ -334,11 +305,8 @@ mod tests {
         let mut opt = Optimizer::new(&vs, settings.clone());
         (&w - 1.0).square().sum(Kind::Float).backward();
         opt.step();
-        let saved: HashMap<String, Tensor> = opt
-            .state()
-            .into_iter()
-            .map(|(k, v)| (k, v.copy()))
-            .collect();
+        let saved: HashMap<String, Tensor> =
+            opt.state().into_iter().map(|(k, v)| (k, v.copy())).collect();
 
         let mut restored = Optimizer::new(&vs, settings);
         restored.load_state(&saved).unwrap();

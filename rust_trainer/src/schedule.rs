@@ -121,9 +121,7 @@ mod tests {
     }
 
     fn per_epoch(s: &Schedule) -> Vec<f64> {
-        (0..s.epochs)
-            .map(|e| s.lr_at(e * s.steps_per_epoch))
-            .collect()
+        (0..s.epochs).map(|e| s.lr_at(e * s.steps_per_epoch)).collect()
     }
 
     fn assert_close(actual: &[f64], expected: &[f64]) {
@@ -158,9 +156,8 @@ mod tests {
         s.epochs = 2;
         s.steps_per_epoch = 2;
         // Four steps: 0.1 * (1 + cos(pi * t / 4)) / 2 for t = 0..4.
-        let expected: Vec<f64> = (0..4)
-            .map(|t| 0.1 * (1.0 + (PI * t as f64 / 4.0).cos()) / 2.0)
-            .collect();
+        let expected: Vec<f64> =
+            (0..4).map(|t| 0.1 * (1.0 + (PI * t as f64 / 4.0).cos()) / 2.0).collect();
         let actual: Vec<f64> = (0..4).map(|t| s.lr_at(t)).collect();
         assert_close(&actual, &expected);
     }
@@ -170,14 +167,8 @@ mod tests {
         // Periods of 2 then 4 epochs: restarts at epochs 0 and 2.
         let s = schedule(ScheduleKind::CosineRestarts);
         let c = |t: f64, period: f64| 0.1 * (1.0 + (PI * t / period).cos()) / 2.0;
-        let expected = [
-            c(0.0, 2.0),
-            c(1.0, 2.0),
-            c(0.0, 4.0),
-            c(1.0, 4.0),
-            c(2.0, 4.0),
-            c(3.0, 4.0),
-        ];
+        let expected =
+            [c(0.0, 2.0), c(1.0, 2.0), c(0.0, 4.0), c(1.0, 4.0), c(2.0, 4.0), c(3.0, 4.0)];
         assert_close(&per_epoch(&s), &expected);
     }
 

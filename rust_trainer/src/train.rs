@@ -92,10 +92,7 @@ pub fn evaluate(model: &dyn ModuleT, data: &Dataset, batch_size: usize) -> (f64,
             start += len;
         }
         let total = total as f64;
-        (
-            loss.double_value(&[]) / total,
-            correct.double_value(&[]) / total,
-        )
+        (loss.double_value(&[]) / total, correct.double_value(&[]) / total)
     })
 }
 
@@ -193,9 +190,7 @@ fn to_channels_last(xs: &Tensor) -> Tensor {
 /// The seed of epoch `epoch`'s shuffling, augmentation and dropout: a function of the run's
 /// seed and the epoch alone, so a resumed run draws what the uninterrupted one would have.
 fn epoch_seed(seed: u64, epoch: usize) -> i64 {
-    (seed as i64)
-        .wrapping_mul(1_000_003)
-        .wrapping_add(epoch as i64)
+    (seed as i64).wrapping_mul(1_000_003).wrapping_add(epoch as i64)
 }
 
 fn optim_settings(config: &Config) -> OptimSettings {
@@ -235,10 +230,7 @@ pub fn run<W: Write>(
     tch::set_num_threads(config.threads as i32);
     let device = resolve_device(config.device_request)?;
     let on_cuda = device.is_cuda();
-    for (asked, flag) in [
-        (config.amp, "--amp"),
-        (config.channels_last, "--channels-last"),
-    ] {
+    for (asked, flag) in [(config.amp, "--amp"), (config.channels_last, "--channels-last")] {
         if asked && !on_cuda {
             eprintln!("rust-trainer: warning: {flag} only applies on CUDA; ignored on the CPU");
         }
@@ -284,11 +276,7 @@ pub fn run<W: Write>(
         }
     }
 
-    let parameters = vs
-        .trainable_variables()
-        .iter()
-        .map(|t| t.numel() as i64)
-        .sum();
+    let parameters = vs.trainable_variables().iter().map(|t| t.numel() as i64).sum();
     events.emit(&Event::Start(Start {
         version: env!("CARGO_PKG_VERSION"),
         model: config.model,
@@ -318,24 +306,12 @@ pub fn run<W: Write>(
     if amp {
         use_bf16_autocast()?;
     }
-    let plan = StepPlan {
-        config,
-        schedule: &schedule,
-        amp,
-        channels_last,
-    };
+    let plan = StepPlan { config, schedule: &schedule, amp, channels_last };
     for epoch in progress.epoch + 1..=config.epochs {
         let epoch_started = Instant::now();
         tch::manual_seed(epoch_seed(config.seed, epoch));
         let first_step = (epoch - 1) * steps_per_epoch;
-        let pass = train_epoch(
-            model.as_ref(),
-            &mut opt,
-            &splits.train,
-            &plan,
-            first_step,
-            stop,
-        );
+        let pass = train_epoch(model.as_ref(), &mut opt, &splits.train, &plan, first_step, stop);
         let train_seconds = epoch_started.elapsed().as_secs_f64();
         let train_loss = match pass {
             EpochPass::Finished { train_loss } => train_loss,
@@ -366,11 +342,7 @@ pub fn run<W: Write>(
         }
         let improved =
             previous_best.is_none_or(|best_loss| val_loss < best_loss - config.min_delta);
-        progress.stale_epochs = if improved {
-            0
-        } else {
-            progress.stale_epochs + 1
-        };
+        progress.stale_epochs = if improved { 0 } else { progress.stale_epochs + 1 };
         progress.epoch = epoch;
         outcome.val_loss = progress.best_val_loss;
         outcome.val_accuracy = progress.best_val_accuracy;
@@ -404,9 +376,7 @@ pub fn run<W: Write>(
             outcome.status = Status::Stopped;
             break;
         }
-        if config
-            .patience
-            .is_some_and(|patience| progress.stale_epochs >= patience)
+        if config.patience.is_some_and(|patience| progress.stale_epochs >= patience)
             && epoch < config.epochs
         {
             outcome.status = Status::EarlyStopped;

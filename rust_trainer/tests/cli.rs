@@ -13,10 +13,7 @@ fn info_reports_libtorch_and_cuda() {
     assert!(output.status.success());
     let info: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     // The pinned libtorch is the one linked in.
-    assert!(
-        info["libtorch"].as_str().unwrap().starts_with("2.11.0"),
-        "{info}"
-    );
+    assert!(info["libtorch"].as_str().unwrap().starts_with("2.11.0"), "{info}");
     assert!(info["cuda_available"].is_boolean());
     assert!(info["cuda_device_count"].is_i64());
 }
@@ -24,17 +21,9 @@ fn info_reports_libtorch_and_cuda() {
 #[test]
 fn one_epoch_prints_start_epoch_result_and_exits_0() {
     let output = train(&["--epochs", "2"]);
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
     let events = events(&output);
-    let names: Vec<&str> = events
-        .iter()
-        .map(|e| e["event"].as_str().unwrap())
-        .collect();
+    let names: Vec<&str> = events.iter().map(|e| e["event"].as_str().unwrap()).collect();
     // Exactly the documented sequence, in order.
     assert_eq!(names, ["start", "epoch", "epoch", "result"]);
 
@@ -43,28 +32,16 @@ fn one_epoch_prints_start_epoch_result_and_exits_0() {
     assert_eq!(start["val_size"], 1200);
     assert_eq!(start["config"]["lr"], 0.001);
     let epoch = &events[1];
-    for field in [
-        "train_loss",
-        "val_loss",
-        "val_accuracy",
-        "lr",
-        "seconds",
-        "samples_per_second",
-    ] {
+    for field in ["train_loss", "val_loss", "val_accuracy", "lr", "seconds", "samples_per_second"] {
         // Every epoch field is a finite number.
-        assert!(
-            epoch[field].as_f64().is_some_and(f64::is_finite),
-            "{field}: {epoch}"
-        );
+        assert!(epoch[field].as_f64().is_some_and(f64::is_finite), "{field}: {epoch}");
     }
     let result = &events[3];
     assert_eq!(result["status"], "completed");
     assert_eq!(result["epochs_run"], 2);
     // The reported loss is the best epoch's.
-    let best = events[1..3]
-        .iter()
-        .map(|e| e["val_loss"].as_f64().unwrap())
-        .fold(f64::MAX, f64::min);
+    let best =
+        events[1..3].iter().map(|e| e["val_loss"].as_f64().unwrap()).fold(f64::MAX, f64::min);
     assert_eq!(result["val_loss"].as_f64().unwrap(), best);
     // The test set is not touched unless asked for.
     assert!(result.get("test_accuracy").is_none());
@@ -110,10 +87,7 @@ fn out_of_range_flags_exit_2_naming_the_flag() {
         let events = events(&output);
         let error = find(&events, "error").unwrap();
         assert_eq!(error["kind"], "usage");
-        assert!(
-            error["message"].as_str().unwrap().contains(needle),
-            "{error}"
-        );
+        assert!(error["message"].as_str().unwrap().contains(needle), "{error}");
         assert!(String::from_utf8_lossy(&output.stderr).contains(needle));
     }
 }
@@ -141,10 +115,7 @@ fn missing_data_exits_3() {
     assert!(find(&events, "start").is_none());
     let error = find(&events, "error").unwrap();
     assert_eq!(error["kind"], "data");
-    assert!(error["message"]
-        .as_str()
-        .unwrap()
-        .contains(&empty.path().display().to_string()));
+    assert!(error["message"].as_str().unwrap().contains(&empty.path().display().to_string()));
 }
 
 #[test]
@@ -154,20 +125,11 @@ fn truncated_file_exits_3_naming_it() {
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() / 3]).unwrap();
 
-    let output = trainer()
-        .args(["train", "--epochs", "1", "--data-dir"])
-        .arg(copy.path())
-        .output()
-        .unwrap();
+    let output =
+        trainer().args(["train", "--epochs", "1", "--data-dir"]).arg(copy.path()).output().unwrap();
     assert_eq!(output.status.code(), Some(3));
     let error = find(&events(&output), "error").unwrap().clone();
-    assert!(
-        error["message"]
-            .as_str()
-            .unwrap()
-            .contains("train-images-idx3-ubyte.gz"),
-        "{error}"
-    );
+    assert!(error["message"].as_str().unwrap().contains("train-images-idx3-ubyte.gz"), "{error}");
 }
 
 #[test]
@@ -176,26 +138,14 @@ fn wrong_magic_exits_3() {
     let path = copy.path().join("train-labels-idx1-ubyte.gz");
     std::fs::remove_file(&path).unwrap();
     // Raw bytes with a wrong magic number under the uncompressed name.
-    std::fs::write(
-        copy.path().join("train-labels-idx1-ubyte"),
-        [0u8, 0, 0x0d, 1, 0, 0, 0, 0],
-    )
-    .unwrap();
-
-    let output = trainer()
-        .args(["train", "--epochs", "1", "--data-dir"])
-        .arg(copy.path())
-        .output()
+    std::fs::write(copy.path().join("train-labels-idx1-ubyte"), [0u8, 0, 0x0d, 1, 0, 0, 0, 0])
         .unwrap();
+
+    let output =
+        trainer().args(["train", "--epochs", "1", "--data-dir"]).arg(copy.path()).output().unwrap();
     assert_eq!(output.status.code(), Some(3));
     let error = find(&events(&output), "error").unwrap().clone();
-    assert!(
-        error["message"]
-            .as_str()
-            .unwrap()
-            .contains("bad magic number"),
-        "{error}"
-    );
+    assert!(error["message"].as_str().unwrap().contains("bad magic number"), "{error}");
 }
 
 #[test]
@@ -208,9 +158,7 @@ fn divergence_reports_diverged_and_exits_4() {
     assert_eq!(result["status"], "diverged");
     assert_eq!(find(&events, "error").unwrap()["kind"], "diverged");
     // No non-finite value was printed as a number.
-    assert!(!String::from_utf8_lossy(&output.stdout)
-        .to_lowercase()
-        .contains("nan"));
+    assert!(!String::from_utf8_lossy(&output.stdout).to_lowercase().contains("nan"));
 }
 
 #[test]
@@ -232,16 +180,7 @@ fn cuda_asked_for_without_cuda_exits_5() {
 fn a_closed_stdout_ends_the_trainer_quietly() {
     let data_dir = common::datasets();
     let mut child = trainer()
-        .args([
-            "train",
-            "--epochs",
-            "50",
-            "--train-limit",
-            "500",
-            "--threads",
-            "1",
-            "--quiet",
-        ])
+        .args(["train", "--epochs", "50", "--train-limit", "500", "--threads", "1", "--quiet"])
         .arg("--data-dir")
         .arg(&data_dir)
         .stdout(Stdio::piped())
@@ -265,16 +204,7 @@ fn a_closed_stdout_ends_the_trainer_quietly() {
 fn sigterm_writes_a_stopped_result_and_exits_143() {
     let data_dir = common::datasets();
     let mut child = trainer()
-        .args([
-            "train",
-            "--epochs",
-            "1000",
-            "--train-limit",
-            "2000",
-            "--threads",
-            "1",
-            "--quiet",
-        ])
+        .args(["train", "--epochs", "1000", "--train-limit", "2000", "--threads", "1", "--quiet"])
         .arg("--data-dir")
         .arg(&data_dir)
         .stdout(Stdio::piped())
@@ -293,10 +223,8 @@ fn sigterm_writes_a_stopped_result_and_exits_143() {
         .unwrap();
     assert!(status.success());
 
-    let rest: Vec<serde_json::Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
-        .collect();
+    let rest: Vec<serde_json::Value> =
+        stdout.lines().map(|l| serde_json::from_str(&l.unwrap()).unwrap()).collect();
     let code = child.wait().unwrap().code();
     // The process says it stopped, keeps the best epoch's loss, and exits 128 + 15.
     let result = find(&rest, "result").expect("a result event after SIGTERM");

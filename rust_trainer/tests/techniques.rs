@@ -12,10 +12,7 @@ use common::{epoch_values, events, find, train, train_cifar, trainer};
 fn assert_close(actual: &[f64], expected: &[f64]) {
     assert_eq!(actual.len(), expected.len(), "{actual:?} vs {expected:?}");
     for (a, e) in actual.iter().zip(expected) {
-        assert!(
-            (a - e).abs() <= 1e-12 * e.abs().max(1.0),
-            "{actual:?} vs {expected:?}"
-        );
+        assert!((a - e).abs() <= 1e-12 * e.abs().max(1.0), "{actual:?} vs {expected:?}");
     }
 }
 
@@ -52,10 +49,7 @@ fn every_model_trains_on_either_dataset() {
             );
             let events = events(&output);
             let result = find(&events, "result").unwrap();
-            assert!(
-                result["val_loss"].as_f64().unwrap().is_finite(),
-                "{model} on {dataset}"
-            );
+            assert!(result["val_loss"].as_f64().unwrap().is_finite(), "{model} on {dataset}");
             assert_eq!(find(&events, "start").unwrap()["dataset"], dataset);
         }
     }
@@ -79,11 +73,7 @@ fn resnet18_lowers_its_loss_on_cifar10() {
         "--augment",
         "none",
     ]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let losses = epoch_values(&events(&output), "train_loss");
     // Four epochs on 900 real images: the training loss falls from the first to the last.
     assert!(losses[3] < losses[0] * 0.9, "{losses:?}");
@@ -111,23 +101,11 @@ fn cifar_start_event_carries_its_own_normalisation() {
 /// lr of each epoch's first step, run through the trainer with 1000 examples in batches of
 /// 250 (4 steps per epoch).
 fn lrs(extra: &[&str]) -> Vec<f64> {
-    let mut flags = vec![
-        "--epochs",
-        "6",
-        "--batch-size",
-        "250",
-        "--lr",
-        "0.1",
-        "--optimizer",
-        "sgd",
-    ];
+    let mut flags =
+        vec!["--epochs", "6", "--batch-size", "250", "--lr", "0.1", "--optimizer", "sgd"];
     flags.extend_from_slice(extra);
     let output = train(&flags);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     epoch_values(&events(&output), "lr")
 }
 
@@ -144,36 +122,18 @@ fn schedules_follow_their_formulas() {
         &[0.1, 0.01, 0.01, 0.01, 0.001, 0.001],
     );
     // cosine per step over 24 steps, read at steps 0, 4, 8, ...
-    let cosine: Vec<f64> = (0..6)
-        .map(|e| 0.1 * (1.0 + (PI * (4 * e) as f64 / 24.0).cos()) / 2.0)
-        .collect();
+    let cosine: Vec<f64> =
+        (0..6).map(|e| 0.1 * (1.0 + (PI * (4 * e) as f64 / 24.0).cos()) / 2.0).collect();
     assert_close(&lrs(&["--schedule", "cosine"]), &cosine);
     // cosine-restarts with periods of 2 and 4 epochs.
     let c = |t: f64, p: f64| 0.1 * (1.0 + (PI * t / p).cos()) / 2.0;
-    let restarts = [
-        c(0.0, 2.0),
-        c(1.0, 2.0),
-        c(0.0, 4.0),
-        c(1.0, 4.0),
-        c(2.0, 4.0),
-        c(3.0, 4.0),
-    ];
+    let restarts = [c(0.0, 2.0), c(1.0, 2.0), c(0.0, 4.0), c(1.0, 4.0), c(2.0, 4.0), c(3.0, 4.0)];
     assert_close(
-        &lrs(&[
-            "--schedule",
-            "cosine-restarts",
-            "--restart-epochs",
-            "2",
-            "--restart-mult",
-            "2",
-        ]),
+        &lrs(&["--schedule", "cosine-restarts", "--restart-epochs", "2", "--restart-mult", "2"]),
         &restarts,
     );
     // one warm-up epoch of 4 steps, then constant.
-    assert_close(
-        &lrs(&["--warmup-epochs", "1"]),
-        &[0.025, 0.1, 0.1, 0.1, 0.1, 0.1],
-    );
+    assert_close(&lrs(&["--warmup-epochs", "1"]), &[0.025, 0.1, 0.1, 0.1, 0.1, 0.1]);
     // one-cycle (PyTorch's formula): cosine up from lr/25 to lr until step 0.3 * 24 - 1,
     // then cosine down to lr/25/1e4 at the last step, 23.
     let (peak, last) = (0.3 * 24.0 - 1.0, 23.0);
@@ -201,9 +161,7 @@ fn early_stopping_ends_at_the_right_epoch() {
     assert_eq!(result["status"], "early_stopped");
     assert_eq!(result["epochs_run"], 3);
     // The reported val_loss is the best epoch's, not the last one's.
-    let best = epoch_values(&events, "val_loss")
-        .into_iter()
-        .fold(f64::MAX, f64::min);
+    let best = epoch_values(&events, "val_loss").into_iter().fold(f64::MAX, f64::min);
     assert_eq!(result["val_loss"].as_f64().unwrap(), best);
 }
 
@@ -248,21 +206,15 @@ fn a_resumed_run_ends_where_an_uninterrupted_one_does() {
     let whole_result = find(&events(&whole), "result").unwrap().clone();
 
     // The same run, stopped by SIGTERM once its first epoch is reported.
-    let mut child = trainer()
-        .args(flags("part.safetensors"))
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child =
+        trainer().args(flags("part.safetensors")).stdout(Stdio::piped()).spawn().unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     while !line.contains("\"epoch\"") {
         line.clear();
         stdout.read_line(&mut line).unwrap();
     }
-    std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     let rest: Vec<String> = stdout.lines().map(Result::unwrap).collect();
     assert_eq!(child.wait().unwrap().code(), Some(143));
     assert!(rest.iter().any(|l| l.contains("\"stopped\"")), "{rest:?}");
@@ -273,11 +225,7 @@ fn a_resumed_run_ends_where_an_uninterrupted_one_does() {
         dir.path().join("part.safetensors").display().to_string(),
     ]);
     let resumed = trainer().args(&resume).output().unwrap();
-    assert!(
-        resumed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&resumed.stderr)
-    );
+    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
     let resumed_events = events(&resumed);
     let start = find(&resumed_events, "start").unwrap();
     assert!(start["resumed_from_epoch"].as_u64().unwrap() >= 1);
@@ -299,10 +247,7 @@ fn resume_with_another_model_is_a_usage_error() {
     let output = train(&["--resume", path.to_str().unwrap(), "--hidden", "128"]);
     assert_eq!(output.status.code(), Some(2));
     let error = find(&events(&output), "error").unwrap().clone();
-    assert!(
-        error["message"].as_str().unwrap().contains("--resume"),
-        "{error}"
-    );
+    assert!(error["message"].as_str().unwrap().contains("--resume"), "{error}");
 }
 
 #[test]
@@ -317,9 +262,7 @@ fn val_loss_does_not_depend_on_the_evaluation_batch_size() {
             eval_batch,
         ]);
         assert!(output.status.success());
-        find(&events(&output), "result").unwrap()["val_loss"]
-            .as_f64()
-            .unwrap()
+        find(&events(&output), "result").unwrap()["val_loss"].as_f64().unwrap()
     };
     let (whole, small) = (run("1000"), run("7"));
     // BatchNorm runs in eval mode: per-example outputs, so only float summation order differs.
@@ -339,26 +282,13 @@ fn malformed_cifar_file_exits_3() {
     std::fs::write(&path, &bytes[..bytes.len() - 100]).unwrap();
 
     let output = trainer()
-        .args([
-            "train",
-            "--dataset",
-            "cifar10",
-            "--epochs",
-            "1",
-            "--data-dir",
-        ])
+        .args(["train", "--dataset", "cifar10", "--epochs", "1", "--data-dir"])
         .arg(copy.path())
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(3));
     let error = find(&events(&output), "error").unwrap().clone();
-    assert!(
-        error["message"]
-            .as_str()
-            .unwrap()
-            .contains("data_batch_2.bin"),
-        "{error}"
-    );
+    assert!(error["message"].as_str().unwrap().contains("data_batch_2.bin"), "{error}");
 }
 
 #[test]
@@ -372,18 +302,8 @@ fn cuda_only_flags_warn_once_on_the_cpu() {
     assert!(output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     // One warning per flag, and the run goes on.
-    assert_eq!(
-        stderr.matches("--amp only applies on CUDA").count(),
-        1,
-        "{stderr}"
-    );
-    assert_eq!(
-        stderr
-            .matches("--channels-last only applies on CUDA")
-            .count(),
-        1,
-        "{stderr}"
-    );
+    assert_eq!(stderr.matches("--amp only applies on CUDA").count(), 1, "{stderr}");
+    assert_eq!(stderr.matches("--channels-last only applies on CUDA").count(), 1, "{stderr}");
 }
 
 #[test]
@@ -405,11 +325,7 @@ fn regularisation_flags_are_echoed_and_train() {
         "--augment",
         "shift",
     ]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let events = events(&output);
     let config = &find(&events, "start").unwrap()["config"];
     // Each technique is in the start event's config as it was resolved.
@@ -418,10 +334,5 @@ fn regularisation_flags_are_echoed_and_train() {
     assert_eq!(config["optimizer"], "rmsprop");
     assert_eq!(config["no_decay_norm_bias"], true);
     assert_eq!(config["augment"], "shift");
-    assert!(
-        find(&events, "result").unwrap()["val_loss"]
-            .as_f64()
-            .unwrap()
-            < 2.3
-    );
+    assert!(find(&events, "result").unwrap()["val_loss"].as_f64().unwrap() < 2.3);
 }

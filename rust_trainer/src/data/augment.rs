@@ -58,9 +58,8 @@ pub fn random_crop(images: &Tensor, pad: i64) -> Tensor {
         .view([batch, 1, height, 1])
         .expand([batch, channels, height, width + 2 * pad], false);
     let cropped_rows = padded.gather(2, &rows, false);
-    let cols = offsets(width)
-        .view([batch, 1, 1, width])
-        .expand([batch, channels, height, width], false);
+    let cols =
+        offsets(width).view([batch, 1, 1, width]).expand([batch, channels, height, width], false);
     cropped_rows.gather(3, &cols, false)
 }
 
@@ -123,17 +122,8 @@ mod tests {
 
     #[test]
     fn auto_depends_on_the_dataset() {
-        assert_eq!(
-            AugmentKind::Auto.resolve(DatasetKind::Mnist),
-            AugmentKind::None
-        );
-        assert_eq!(
-            AugmentKind::Auto.resolve(DatasetKind::Cifar10),
-            AugmentKind::CropFlip
-        );
-        assert_eq!(
-            AugmentKind::Shift.resolve(DatasetKind::Cifar10),
-            AugmentKind::Shift
-        );
+        assert_eq!(AugmentKind::Auto.resolve(DatasetKind::Mnist), AugmentKind::None);
+        assert_eq!(AugmentKind::Auto.resolve(DatasetKind::Cifar10), AugmentKind::CropFlip);
+        assert_eq!(AugmentKind::Shift.resolve(DatasetKind::Cifar10), AugmentKind::Shift);
     }
 }

@@ -79,12 +79,7 @@ pub fn load(dir: &Path, test: bool) -> anyhow::Result<RawSplit> {
         }
     }
     let count = labels.len();
-    Ok(RawSplit {
-        images,
-        labels,
-        count,
-        shape: [CHANNELS as i64, SIDE as i64, SIDE as i64],
-    })
+    Ok(RawSplit { images, labels, count, shape: [CHANNELS as i64, SIDE as i64, SIDE as i64] })
 }
 
 #[cfg(test)]
@@ -129,14 +124,8 @@ mod tests {
         let err = load(dir.path(), false).unwrap_err();
         let text = format!("{err:#}");
         // A data error (exit 3) that names the broken file.
-        assert_eq!(
-            crate::error::ErrorKind::of(&err),
-            crate::error::ErrorKind::Data
-        );
-        assert!(
-            text.contains("data_batch_3.bin") && text.contains("not a whole number"),
-            "{text}"
-        );
+        assert_eq!(crate::error::ErrorKind::of(&err), crate::error::ErrorKind::Data);
+        assert!(text.contains("data_batch_3.bin") && text.contains("not a whole number"), "{text}");
     }
 
     #[test]

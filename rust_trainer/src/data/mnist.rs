@@ -68,26 +68,16 @@ pub fn load(dir: &Path, prefix: &str) -> anyhow::Result<RawSplit> {
         )));
     }
 
-    Ok(RawSplit {
-        images,
-        labels,
-        count: dims[0],
-        shape: [1, ROWS as i64, COLS as i64],
-    })
+    Ok(RawSplit { images, labels, count: dims[0], shape: [1, ROWS as i64, COLS as i64] })
 }
 
 fn find(dir: &Path, stem: &str) -> Option<PathBuf> {
-    [dir.join(stem), dir.join(format!("{stem}.gz"))]
-        .into_iter()
-        .find(|path| path.is_file())
+    [dir.join(stem), dir.join(format!("{stem}.gz"))].into_iter().find(|path| path.is_file())
 }
 
 fn require(dir: &Path, stem: &str) -> anyhow::Result<PathBuf> {
     find(dir, stem).ok_or_else(|| {
-        data(format!(
-            "missing MNIST file {stem} (or {stem}.gz) in {}",
-            dir.display()
-        ))
+        data(format!("missing MNIST file {stem} (or {stem}.gz) in {}", dir.display()))
     })
 }
 
@@ -136,20 +126,17 @@ pub fn read_idx(path: &Path, rank: usize) -> anyhow::Result<(Vec<usize>, Vec<u8>
 fn read_maybe_gz(path: &Path) -> anyhow::Result<Vec<u8>> {
     let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes)
-        .with_context(|| format!("reading {}", path.display()))?;
+    file.read_to_end(&mut bytes).with_context(|| format!("reading {}", path.display()))?;
     if !bytes.starts_with(&[0x1f, 0x8b]) {
         return Ok(bytes);
     }
     let mut plain = Vec::with_capacity(bytes.len() * 4);
-    GzDecoder::new(bytes.as_slice())
-        .read_to_end(&mut plain)
-        .map_err(|err| {
-            data(format!(
-                "{}: not a complete gzip stream ({err}); the file may be truncated",
-                path.display()
-            ))
-        })?;
+    GzDecoder::new(bytes.as_slice()).read_to_end(&mut plain).map_err(|err| {
+        data(format!(
+            "{}: not a complete gzip stream ({err}); the file may be truncated",
+            path.display()
+        ))
+    })?;
     Ok(plain)
 }
 
@@ -178,11 +165,8 @@ mod tests {
         let pixels = vec![7u8; count as usize * ROWS * COLS];
         let images = idx(3, &[count, ROWS as u32, COLS as u32], &pixels);
         let labels = idx(1, &[labels.len() as u32], labels);
-        let (images, labels, ext) = if compress {
-            (gz(&images), gz(&labels), ".gz")
-        } else {
-            (images, labels, "")
-        };
+        let (images, labels, ext) =
+            if compress { (gz(&images), gz(&labels), ".gz") } else { (images, labels, "") };
         std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte{ext}")), images).unwrap();
         std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte{ext}")), labels).unwrap();
     }
@@ -190,10 +174,7 @@ mod tests {
     fn error_text(result: anyhow::Result<RawSplit>) -> String {
         let err = result.unwrap_err();
         // Every loader failure is a data error, so the process exits 3.
-        assert_eq!(
-            crate::error::ErrorKind::of(&err),
-            crate::error::ErrorKind::Data
-        );
+        assert_eq!(crate::error::ErrorKind::of(&err), crate::error::ErrorKind::Data);
         format!("{err:#}")
     }
 
@@ -229,10 +210,7 @@ mod tests {
         let text = format!("{:#}", locate(root.path()).unwrap_err());
         // The message says where it looked and how to fix it.
         assert!(text.contains("--data-dir"), "{text}");
-        assert!(
-            text.contains(&root.path().join("mnist").display().to_string()),
-            "{text}"
-        );
+        assert!(text.contains(&root.path().join("mnist").display().to_string()), "{text}");
     }
 
     #[test]

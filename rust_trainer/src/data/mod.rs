@@ -47,10 +47,7 @@ impl Dataset {
 
     /// The examples at `indices` (an int64 tensor on the same device).
     pub fn select(&self, indices: &Tensor) -> (Tensor, Tensor) {
-        (
-            self.images.index_select(0, indices),
-            self.labels.index_select(0, indices),
-        )
+        (self.images.index_select(0, indices), self.labels.index_select(0, indices))
     }
 }
 
@@ -117,18 +114,12 @@ pub fn load(config: &Config, device: Device) -> anyhow::Result<Splits> {
     let (train, test, classes) = match config.dataset {
         DatasetKind::Mnist => {
             let dir = mnist::locate(&config.data_dir)?;
-            let test = config
-                .eval_test
-                .then(|| mnist::load(&dir, "t10k"))
-                .transpose()?;
+            let test = config.eval_test.then(|| mnist::load(&dir, "t10k")).transpose()?;
             (mnist::load(&dir, "train")?, test, mnist::CLASSES)
         }
         DatasetKind::Cifar10 => {
             let dir = cifar::locate(&config.data_dir)?;
-            let test = config
-                .eval_test
-                .then(|| cifar::load(&dir, true))
-                .transpose()?;
+            let test = config.eval_test.then(|| cifar::load(&dir, true)).transpose()?;
             (cifar::load(&dir, false)?, test, cifar::CLASSES)
         }
     };

@@ -42,13 +42,7 @@ impl Cnn {
         let flat = widths.conv2 * features_side(height) * features_side(width);
         Self {
             conv1: nn::conv2d(vs / "conv1", channels, widths.conv1, 5, Default::default()),
-            conv2: nn::conv2d(
-                vs / "conv2",
-                widths.conv1,
-                widths.conv2,
-                5,
-                Default::default(),
-            ),
+            conv2: nn::conv2d(vs / "conv2", widths.conv1, widths.conv2, 5, Default::default()),
             fc1: nn::linear(vs / "fc1", flat, widths.hidden, Default::default()),
             fc2: nn::linear(vs / "fc2", widths.hidden, classes, Default::default()),
             dropout,
@@ -80,16 +74,10 @@ mod tests {
     #[test]
     fn output_is_one_logit_per_class() {
         let vs = nn::VarStore::new(Device::Cpu);
-        let widths = CnnWidths {
-            conv1: 4,
-            conv2: 8,
-            hidden: 16,
-        };
+        let widths = CnnWidths { conv1: 4, conv2: 8, hidden: 16 };
         let model = Cnn::new(&vs.root(), [1, 28, 28], 10, widths, 0.5);
-        let out = model.forward_t(
-            &Tensor::zeros([3, 1, 28, 28], (Kind::Float, Device::Cpu)),
-            false,
-        );
+        let out =
+            model.forward_t(&Tensor::zeros([3, 1, 28, 28], (Kind::Float, Device::Cpu)), false);
         // A batch of 3 gives 3 rows of 10 logits.
         assert_eq!(out.size(), vec![3, 10]);
     }
@@ -97,11 +85,7 @@ mod tests {
     #[test]
     fn parameters_use_pytorch_names() {
         let vs = nn::VarStore::new(Device::Cpu);
-        let widths = CnnWidths {
-            conv1: 32,
-            conv2: 64,
-            hidden: 1024,
-        };
+        let widths = CnnWidths { conv1: 32, conv2: 64, hidden: 1024 };
         let _model = Cnn::new(&vs.root(), [1, 28, 28], 10, widths, 0.5);
         let mut names: Vec<String> = vs.variables().into_keys().collect();
         names.sort();

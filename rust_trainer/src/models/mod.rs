@@ -19,33 +19,18 @@ pub fn build(
 ) -> Box<dyn nn::ModuleT> {
     match config.model {
         ModelKind::Cnn => {
-            let widths = CnnWidths {
-                conv1: config.conv1,
-                conv2: config.conv2,
-                hidden: config.hidden,
-            };
+            let widths =
+                CnnWidths { conv1: config.conv1, conv2: config.conv2, hidden: config.hidden };
             Box::new(Cnn::new(vs, shape, classes, widths, config.dropout))
         }
-        ModelKind::Resnet18 => Box::new(resnet::resnet18(
-            vs,
-            shape[0],
-            classes,
-            config.width,
-            config.dropout,
-        )),
-        ModelKind::Resnet34 => Box::new(resnet::resnet34(
-            vs,
-            shape[0],
-            classes,
-            config.width,
-            config.dropout,
-        )),
-        ModelKind::Resnet50 => Box::new(resnet::resnet50(
-            vs,
-            shape[0],
-            classes,
-            config.width,
-            config.dropout,
-        )),
+        ModelKind::Resnet18 => {
+            Box::new(resnet::resnet18(vs, shape[0], classes, config.width, config.dropout))
+        }
+        ModelKind::Resnet34 => {
+            Box::new(resnet::resnet34(vs, shape[0], classes, config.width, config.dropout))
+        }
+        ModelKind::Resnet50 => {
+            Box::new(resnet::resnet50(vs, shape[0], classes, config.width, config.dropout))
+        }
     }
 }

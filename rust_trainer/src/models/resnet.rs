@@ -8,12 +8,7 @@
 use tch::nn::{self, ConvConfig, FuncT, ModuleT};
 
 fn conv(vs: nn::Path, c_in: i64, c_out: i64, kernel: i64, stride: i64) -> nn::Conv2D {
-    let config = ConvConfig {
-        stride,
-        padding: kernel / 2,
-        bias: false,
-        ..Default::default()
-    };
+    let config = ConvConfig { stride, padding: kernel / 2, bias: false, ..Default::default() };
     nn::conv2d(vs, c_in, c_out, kernel, config)
 }
 
@@ -38,12 +33,7 @@ fn basic_block(vs: nn::Path, c_in: i64, planes: i64, stride: i64) -> FuncT<'stat
     let bn2 = bn(&vs / "bn2", planes);
     let shortcut = downsample(&vs / "downsample", c_in, planes, stride);
     nn::func_t(move |xs, train| {
-        let out = xs
-            .apply(&conv1)
-            .apply_t(&bn1, train)
-            .relu()
-            .apply(&conv2)
-            .apply_t(&bn2, train);
+        let out = xs.apply(&conv1).apply_t(&bn1, train).relu().apply(&conv2).apply_t(&bn2, train);
         (out + xs.apply_t(&shortcut, train)).relu()
     })
 }
@@ -125,14 +115,7 @@ fn resnet(
     for (index, (&blocks, multiple)) in depths.iter().zip([1, 2, 4, 8]).enumerate() {
         let stride = if index == 0 { 1 } else { 2 };
         let planes = base * multiple;
-        layers.push(stage(
-            vs / format!("layer{}", index + 1),
-            block,
-            c_in,
-            planes,
-            stride,
-            blocks,
-        ));
+        layers.push(stage(vs / format!("layer{}", index + 1), block, c_in, planes, stride, blocks));
         c_in = planes * block.expansion();
     }
     let fc = nn::linear(vs / "fc", c_in, classes, Default::default());
@@ -141,10 +124,7 @@ fn resnet(
         for layer in &layers {
             out = out.apply_t(layer, train);
         }
-        out.adaptive_avg_pool2d([1, 1])
-            .flatten(1, -1)
-            .dropout(dropout, train)
-            .apply(&fc)
+        out.adaptive_avg_pool2d([1, 1]).flatten(1, -1).dropout(dropout, train).apply(&fc)
     })
 }
 
@@ -156,15 +136,7 @@ pub fn resnet18(
     width: f64,
     dropout: f64,
 ) -> impl ModuleT {
-    resnet(
-        vs,
-        Block::Basic,
-        [2, 2, 2, 2],
-        channels,
-        classes,
-        width,
-        dropout,
-    )
+    resnet(vs, Block::Basic, [2, 2, 2, 2], channels, classes, width, dropout)
 }
 
 /// ResNet-34: basic blocks, 3-4-6-3.
@@ -175,15 +147,7 @@ pub fn resnet34(
     width: f64,
     dropout: f64,
 ) -> impl ModuleT {
-    resnet(
-        vs,
-        Block::Basic,
-        [3, 4, 6, 3],
-        channels,
-        classes,
-        width,
-        dropout,
-    )
+    resnet(vs, Block::Basic, [3, 4, 6, 3], channels, classes, width, dropout)
 }
 
 /// ResNet-50: bottleneck blocks, 3-4-6-3.
@@ -194,15 +158,7 @@ pub fn resnet50(
     width: f64,
     dropout: f64,
 ) -> impl ModuleT {
-    resnet(
-        vs,
-        Block::Bottleneck,
-        [3, 4, 6, 3],
-        channels,
-        classes,
-        width,
-        dropout,
-    )
+    resnet(vs, Block::Bottleneck, [3, 4, 6, 3], channels, classes, width, dropout)
 }
 
 #[cfg(test)]
@@ -211,10 +167,7 @@ mod tests {
     use tch::{Device, Kind, Tensor};
 
     fn count(vs: &nn::VarStore) -> i64 {
-        vs.trainable_variables()
-            .iter()
-            .map(|t| t.numel() as i64)
-            .sum()
+        vs.trainable_variables().iter().map(|t| t.numel() as i64).sum()
     }
 
     #[test]

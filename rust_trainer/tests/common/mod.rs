@@ -90,11 +90,7 @@ pub fn cifar_subset() -> PathBuf {
                 .args(["--train-per-class", "100", "--test-per-class", "20"])
                 .status()
                 .unwrap_or_else(|e| panic!("running {python} {}: {e}", script.display()));
-            assert!(
-                status.success(),
-                "{} failed; it needs numpy and Pillow",
-                script.display()
-            );
+            assert!(status.success(), "{} failed; it needs numpy and Pillow", script.display());
         }
         root
     })
@@ -121,9 +117,5 @@ pub fn train_cifar(extra: &[&str]) -> Output {
 }
 
 pub fn epoch_values(events: &[Value], field: &str) -> Vec<f64> {
-    events
-        .iter()
-        .filter(|e| e["event"] == "epoch")
-        .map(|e| e[field].as_f64().unwrap())
-        .collect()
+    events.iter().filter(|e| e["event"] == "epoch").map(|e| e[field].as_f64().unwrap()).collect()
 }
