@@ -19,10 +19,11 @@ from rich.console import Console
 
 from orchestrator import __version__, datasets
 from orchestrator.build import build_trainer
-from orchestrator.contract import check_space, describe_trainer
 from orchestrator.errors import (
     BuildFailed,
     DataError,
+    DataNotFound,
+    Interrupted,
     NoCompletedTrial,
     NotACheckout,
     OrchestratorError,
@@ -32,6 +33,7 @@ from orchestrator.errors import (
     StudyNotFound,
     TrainerNotFound,
 )
+from orchestrator.parallel import available_cores, threads_per_trial
 from orchestrator.registry import PRUNERS, SAMPLERS, describe
 from orchestrator.reports import best_lines, best_trial, event_line, trial_line, trials_table
 from orchestrator.runner import TrainerProcess
@@ -43,7 +45,7 @@ from orchestrator.storage import (
     open_storage,
     study_names,
 )
-from orchestrator.study import TrainerFlags, TuneConfig, default_threads
+from orchestrator.study import TrainerFlags, TuneConfig
 from orchestrator.study import tune as tune_study
 from orchestrator.trainer import TRAINER_ENV, find_trainer
 
@@ -57,6 +59,7 @@ _EXIT_CODES: dict[type[OrchestratorError], int] = {
     StudyNotFound: 2,
     StudyMismatch: 2,
     SpaceError: 2,
+    DataNotFound: 2,
     BuildFailed: 1,
     NoCompletedTrial: 1,
     DataError: 1,
@@ -71,6 +74,9 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except Interrupted as error:
+            click.echo(f"orchestrate: {error}", err=True)
+            ctx.exit(error.exit_code)
         except OrchestratorError as error:
             click.echo(f"orchestrate: {error}", err=True)
             ctx.exit(_exit_code(error))
@@ -97,7 +103,9 @@ storage_option = click.option(
     envvar=STORAGE_ENV,
     show_default=True,
     show_envvar=True,
-    help="Optuna storage URL (an SQLite file by default, or any SQLAlchemy URL).",
+    help="Optuna storage: an SQLite file (sqlite:///FILE), a database server "
+    "(postgresql://USER@HOST/DB, any SQLAlchemy URL), or a journal file "
+    "(journal:///FILE; four slashes for an absolute path).",
 )
 
 
@@ -232,9 +240,22 @@ def train(trainer: Path | None, trainer_args: tuple[str, ...]) -> NoReturn:
 @click.option(
     "--threads",
     type=click.IntRange(min=1),
-    default=default_threads,
-    show_default="all cores",
-    help="Trainer --threads.",
+    help="Trainer --threads for each trial. Default: the cores divided by --n-jobs.",
+)
+@click.option(
+    "--n-jobs",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Trials at a time in this process, one trainer process each. With several GPUs "
+    "each trial gets one of its own (CUDA_VISIBLE_DEVICES).",
+)
+@click.option(
+    "--trials-per-gpu",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="How many of this process's trials may share one GPU.",
 )
 @click.option(
     "--runs-dir",
@@ -248,6 +269,28 @@ def train(trainer: Path | None, trainer_args: tuple[str, ...]) -> NoReturn:
     type=click.FloatRange(min=0, min_open=True),
     metavar="SECONDS",
     help="End a trial's process after this long and record it as FAIL.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Start no trial after this long (running trials finish; see --trial-timeout).",
+)
+@click.option(
+    "--heartbeat",
+    default=30,
+    show_default=True,
+    type=click.IntRange(min=1),
+    metavar="SECONDS",
+    help="A running trial's heartbeat (database storages). A trial silent for four beats "
+    "lost its worker: it is recorded as FAIL and its parameters are queued again.",
+)
+@click.option(
+    "--sampler-startup-trials",
+    default=10,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Trials drawn at random before tpe or gp starts modelling.",
 )
 @trainer_option
 @click.argument("trainer_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- TRAINER_FLAGS]")
@@ -268,9 +311,14 @@ def tune(
     val_fraction: float | None,
     device: str,
     data_dir: Path | None,
-    threads: int,
+    threads: int | None,
+    n_jobs: int,
+    trials_per_gpu: int,
     runs_dir: Path,
     trial_timeout: float | None,
+    timeout: float | None,
+    heartbeat: int,
+    sampler_startup_trials: int,
     trainer: Path | None,
     trainer_args: tuple[str, ...],
 ) -> None:
@@ -283,7 +331,22 @@ def tune(
 
     Trainer flags after `--` go to every trial unchanged, after the study's own flags and
     before the sampled ones, e.g. `-- --width 0.25 --augment none`.
+
+    Ctrl-C or SIGTERM ends the running trials (recorded as FAIL, reason interrupted) and
+    exits 130 or 143; a second one kills them at once. Several `tune` processes, on one
+    machine or many, may share a study through the storage: run the same command in each.
     """
+    cores = available_cores()
+    if threads is None:
+        threads = threads_per_trial(n_jobs, cores)
+    if n_jobs * threads > cores:
+        logger.warning(
+            "--n-jobs %d trials with --threads %d each need %d cores, but this machine has %d",
+            n_jobs,
+            threads,
+            n_jobs * threads,
+            cores,
+        )
     config = TuneConfig(
         trainer=find_trainer(trainer),
         study_name=study_name or f"{model}-{dataset}",
@@ -308,9 +371,12 @@ def tune(
         trial_timeout=trial_timeout,
         pruner_startup_trials=pruner_startup_trials,
         pruner_warmup_epochs=pruner_warmup_epochs,
+        sampler_startup_trials=sampler_startup_trials,
+        timeout=timeout,
+        n_jobs=n_jobs,
+        trials_per_gpu=trials_per_gpu,
+        heartbeat=heartbeat,
     )
-    # A space the trainer would reject fails here, not once per trial.
-    check_space(config.space, describe_trainer(config.trainer))
     summary = tune_study(
         config, on_trial=lambda trial: stderr.print(trial_line(trial), markup=False)
     )

@@ -95,7 +95,9 @@ def _spec(name: str, flags: dict[str, FlagSpec]) -> FlagSpec:
     if spec is None:
         close = difflib.get_close_matches(name, list(flags), n=1) or [
             # Abbreviations both ways: learning_rate -> lr, wd -> weight_decay.
-            known for known in flags if _initials(known) == name or _initials(name) == known
+            known
+            for known in flags
+            if _initials(known) == name or _initials(name) == known
         ]
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise SpaceError(

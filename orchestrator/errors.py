@@ -42,3 +42,19 @@ class NoCompletedTrial(OrchestratorError):
 
 class DataError(OrchestratorError):
     """A dataset could not be fetched, or a file failed its check."""
+
+
+class DataNotFound(OrchestratorError):
+    """The trainer's --data-dir does not hold the dataset."""
+
+
+class Interrupted(OrchestratorError):
+    """SIGINT or SIGTERM stopped the study; the exit code follows the shell's 128 + N."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum

@@ -19,6 +19,8 @@ from orchestrator.space import SearchSpace
 class SamplerSettings:
     seed: int | None
     space: SearchSpace
+    # Trials drawn at random before a model-based sampler (TPE, GP) starts modelling.
+    startup_trials: int = 10
 
 
 @dataclass(frozen=True)
@@ -33,8 +35,12 @@ PrunerFactory = Callable[[PrunerSettings], optuna.pruners.BasePruner]
 
 
 def tpe_sampler(settings: SamplerSettings) -> optuna.samplers.BaseSampler:
-    """Tree-structured Parzen estimator; random for the first 10 trials."""
-    return optuna.samplers.TPESampler(seed=settings.seed)
+    """Tree-structured Parzen estimator; random for the first --sampler-startup-trials."""
+    # constant_liar: trials running elsewhere count as bad guesses, so parallel workers
+    # spread out instead of proposing the same point.
+    return optuna.samplers.TPESampler(
+        seed=settings.seed, n_startup_trials=settings.startup_trials, constant_liar=True
+    )
 
 
 def random_sampler(settings: SamplerSettings) -> optuna.samplers.BaseSampler:
@@ -44,6 +50,8 @@ def random_sampler(settings: SamplerSettings) -> optuna.samplers.BaseSampler:
 
 def grid_sampler(settings: SamplerSettings) -> optuna.samplers.BaseSampler:
     """Every combination of the space's grid points, in random order; stops when done."""
+    # `tune` queues the points when it creates the study and each worker takes the next
+    # one, so no point runs twice; this sampler only backs that queue.
     return optuna.samplers.GridSampler(settings.space.grid(), seed=settings.seed)
 
 
@@ -63,8 +71,12 @@ def qmc_sampler(settings: SamplerSettings) -> optuna.samplers.BaseSampler:
 
 
 def gp_sampler(settings: SamplerSettings) -> optuna.samplers.BaseSampler:
-    """Gaussian-process Bayesian optimisation; random for the first 10 trials."""
-    return optuna.samplers.GPSampler(seed=settings.seed, warn_independent_sampling=False)
+    """Gaussian-process Bayesian optimisation; random for the first --sampler-startup-trials."""
+    return optuna.samplers.GPSampler(
+        seed=settings.seed,
+        n_startup_trials=settings.startup_trials,
+        warn_independent_sampling=False,
+    )
 
 
 def nsga2_sampler(settings: SamplerSettings) -> optuna.samplers.BaseSampler:

@@ -83,11 +83,14 @@ def best_lines(best: BestTrial) -> list[str]:
 
 def trials_table(study: optuna.Study) -> Table:
     """One row per trial: number, state, val_loss, val_accuracy, a column per parameter,
-    duration, and why it failed or was pruned."""
-    trials = study.get_trials(deepcopy=False)
+    duration, and why it failed or was pruned. Queued trials are counted in the title."""
+    everything = study.get_trials(deepcopy=False)
+    trials = [t for t in everything if t.state != TrialState.WAITING]
+    queued = len(everything) - len(trials)
     param_names = list(dict.fromkeys(name for t in trials for name in t.params))
 
-    table = Table(title=f"study {study.study_name}", title_justify="left")
+    title = f"study {study.study_name}" + (f" ({queued} queued)" if queued else "")
+    table = Table(title=title, title_justify="left")
     table.add_column("trial", justify="right")
     table.add_column("state")
     table.add_column("val_loss", justify="right")
@@ -118,6 +121,8 @@ def trial_line(trial: FrozenTrial) -> str:
             f"val_loss {_format(trial.value)} "
             f"val_accuracy {_format(attrs.get('val_accuracy', float('nan')))}"
         )
+    elif trial.state == TrialState.PRUNED and attrs.get("fail_reason") == "diverged":
+        outcome = _ending(trial)
     elif trial.state == TrialState.PRUNED:
         outcome = f"at epoch {attrs.get('epochs_run', '?')}"
     else:
@@ -166,14 +171,21 @@ def params_text(params: Mapping[str, object]) -> str:
 
 def _ending(trial: FrozenTrial) -> str:
     attrs = trial.user_attrs
+    retry = trial.system_attrs.get("failed_trial")
+    again = f", retry of trial {retry}" if retry is not None else ""
+    if trial.state == TrialState.PRUNED and attrs.get("fail_reason") == "diverged":
+        return f"diverged at epoch {attrs.get('diverged_at_epoch', '?')}{again}"
     if trial.state == TrialState.PRUNED:
-        return f"pruned at epoch {attrs.get('epochs_run', '?')}"
+        return f"pruned at epoch {attrs.get('epochs_run', '?')}{again}"
     if trial.state == TrialState.FAIL:
-        # Without a reason, the objective itself raised, or a lost heartbeat ended the trial.
-        reason = attrs.get("fail_reason", "orchestrator error or lost heartbeat")
+        # Without a reason, a lost heartbeat ended the trial, or the objective itself raised.
+        reason = attrs.get("fail_reason", "worker lost (heartbeat) or orchestrator error")
         code = attrs.get("exit_code")
-        return f"{reason} (exit code {code})" if code is not None else str(reason)
-    return ""
+        sig = attrs.get("signal")
+        detail = f" (exit code {code})" if code is not None else ""
+        detail = f" (signal {sig})" if sig is not None else detail
+        return f"{reason}{detail}{again}"
+    return again.removeprefix(", ")
 
 
 def _duration(duration: timedelta | None) -> str:

@@ -3,22 +3,28 @@
 `TrainerProcess` starts the trainer in a process group of its own, reads its events line
 by line as they arrive, drains stderr on a thread (so no amount of output can fill a pipe
 and stall the process), ends the whole group on request, on a time limit or on leaving
-the `with` block, and says why a run failed. It knows nothing about Optuna: the study's
-objective and `orchestrate train` both drive it.
+the `with` block, and says why a run failed. On Linux the trainer is also asked to receive
+SIGTERM when the orchestrator dies (PR_SET_PDEATHSIG), so not even a SIGKILLed
+orchestrator leaves it running. It knows nothing about Optuna: the study's objective and
+`orchestrate train` both drive it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import logging
 import math
 import os
+import re
 import shlex
 import signal
 import subprocess
+import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -42,6 +48,7 @@ FailReason = Literal[
     "diverged",
     "data error",
     "device",
+    "out of memory",
     "usage error",
     "interrupted",
     "bad output",
@@ -59,8 +66,30 @@ _EXIT_REASONS: Mapping[int, FailReason] = {
     143: "interrupted",
 }
 
+# libtorch's words for an exhausted device or host: CUDA's, and the CPU allocator's.
+_OUT_OF_MEMORY = re.compile(
+    r"out of memory|can't allocate memory|cannot allocate memory|cudaErrorMemoryAllocation",
+    re.IGNORECASE,
+)
+
 STDERR_TAIL_LINES = 20
 _TAIL_BYTES = 64 * 1024
+_PR_SET_PDEATHSIG = 1
+
+
+def _load_prctl() -> Callable[..., int] | None:
+    # Looked up once, in the parent: between fork and exec the child may not load libraries.
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:
+        return None
+    prctl: Callable[..., int] = libc.prctl
+    return prctl
+
+
+_PRCTL = _load_prctl()
 
 
 @dataclass(frozen=True)
@@ -85,6 +114,8 @@ class RunOutcome:
     malformed: str | None
     timed_out: bool
     stderr_tail: tuple[str, ...]
+    # Whether the orchestrator itself sent SIGKILL (after the grace period).
+    killed: bool = False
 
     @property
     def exit_code(self) -> int | None:
@@ -105,9 +136,15 @@ class RunOutcome:
 
         said = self.error.message if self.error is not None else None
         if self.signal is not None:
-            return Failure("crashed", f"ended by signal {_signal_name(self.signal)}")
+            message = f"ended by signal {_signal_name(self.signal)}"
+            if self.signal == signal.SIGKILL and not self.killed:
+                # Not ours; the kernel's out-of-memory killer is the usual sender.
+                message += " from outside the orchestrator (the out-of-memory killer sends it)"
+            return Failure("crashed", message)
         if self.returncode != 0:
             reason = _EXIT_REASONS.get(self.returncode, "crashed")
+            if reason in ("device", "crashed") and self._out_of_memory(said):
+                reason = "out of memory"
             return Failure(reason, said or f"exited with code {self.returncode}")
 
         if self.result is None:
@@ -118,13 +155,22 @@ class RunOutcome:
             return Failure("no result", "the result event has no finite val_loss")
         return None
 
+    def _out_of_memory(self, said: str | None) -> bool:
+        # Exit 5 is a device problem; one whose message mentions memory is an exhausted one.
+        # The CPU allocator's failure reaches us as an internal error (exit 1) in its own words.
+        text = said if said is not None else "\n".join(self.stderr_tail)
+        if self.returncode == 5 and "memory" in text.lower():
+            return True
+        return _OUT_OF_MEMORY.search(text) is not None
+
 
 class TrainerProcess:
     """Runs one trainer command; use it as a context manager.
 
     With `log_dir`, the command goes to `command.txt`, every stdout line to
     `events.jsonl` and stderr to `stderr.log` in that folder; without it, stderr is the
-    caller's stderr and nothing is written.
+    caller's stderr and nothing is written. `env` adds variables to the inherited
+    environment (CUDA_VISIBLE_DEVICES); they lead the recorded command line.
     """
 
     def __init__(
@@ -134,8 +180,10 @@ class TrainerProcess:
         log_dir: Path | None = None,
         timeout: float | None = None,
         grace_seconds: float = 5.0,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.command = tuple(command)
+        self.env = dict(env or {})
         self._log_dir = log_dir
         self._timeout = timeout
         self._grace_seconds = grace_seconds
@@ -155,16 +203,22 @@ class TrainerProcess:
         self._error: ErrorEvent | None = None
         self._malformed: str | None = None
         self._timed_out = False
+        self._killed = False
         self._non_events = 0
+
+    @property
+    def command_line(self) -> str:
+        """The command as a shell line, with its environment variables in front."""
+        return command_line(self.command, self.env)
 
     def __enter__(self) -> TrainerProcess:
         if self._log_dir is not None:
             self._log_dir.mkdir(parents=True, exist_ok=True)
-            (self._log_dir / "command.txt").write_text(shlex.join(self.command) + "\n")
+            (self._log_dir / "command.txt").write_text(self.command_line + "\n")
             self._events_log = (self._log_dir / "events.jsonl").open("wb")
             self._stderr_log = (self._log_dir / "stderr.log").open("wb")
 
-        logger.debug("starting %s", shlex.join(self.command))
+        logger.debug("starting %s", self.command_line)
         self._started_at = time.monotonic()
         try:
             self._proc = subprocess.Popen(
@@ -172,8 +226,10 @@ class TrainerProcess:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE if self._log_dir is not None else None,
+                env={**os.environ, **self.env} if self.env else None,
                 # Its own process group, so that ending it also ends anything it started.
                 start_new_session=True,
+                preexec_fn=_die_with(os.getpid()) if _PRCTL is not None else None,
             )
         except OSError as err:
             self._close_logs()
@@ -262,6 +318,7 @@ class TrainerProcess:
             malformed=self._malformed,
             timed_out=self._timed_out,
             stderr_tail=self.stderr_tail(),
+            killed=self._killed,
         )
 
     def send_signal(self, sig: int) -> None:
@@ -279,6 +336,7 @@ class TrainerProcess:
                 proc.wait(self._grace_seconds)
             except subprocess.TimeoutExpired:
                 logger.debug("process %d ignored SIGTERM; killing its group", proc.pid)
+                self._killed = True
                 self._signal_group(signal.SIGKILL)
                 proc.wait()
         # Children the trainer may have started share its group and may linger after it.
@@ -355,6 +413,29 @@ class TrainerProcess:
         for log in (self._events_log, self._stderr_log):
             if log is not None:
                 log.close()
+
+
+def command_line(command: Sequence[str], env: Mapping[str, str] | None = None) -> str:
+    """A command as one shell line, re-runnable by hand: `VAR=value program args`."""
+    prefix = [f"{name}={shlex.quote(value)}" for name, value in (env or {}).items()]
+    return " ".join([*prefix, shlex.join(command)])
+
+
+def _die_with(parent: int) -> Callable[[], None]:
+    """What the child runs before exec: SIGTERM for it when the orchestrator dies.
+
+    The kernel sends the signal when the thread that started the child ends; each trial's
+    thread waits for its trainer, so that is when the orchestrator itself is gone.
+    """
+
+    def preexec() -> None:
+        assert _PRCTL is not None
+        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
+        # The parent may have died before the request took effect: then nobody would ask.
+        if os.getppid() != parent:
+            os._exit(128 + signal.SIGTERM)
+
+    return preexec
 
 
 def _signal_name(number: int) -> str:

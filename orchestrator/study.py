@@ -1,34 +1,58 @@
 """Tuning: the objective that runs one trainer process per trial, and `tune`.
 
 A study remembers the settings its trials share (model, dataset, epochs, train limit,
-validation fraction, seed, search space) in its user attributes; a later `tune` with the
-same study name resumes it and refuses settings that would make its trials incomparable.
-`--trials N` is the total: finished trials (complete, pruned or failed) count toward it,
-so a rerun runs only the missing ones.
+validation fraction, seed, search space, grid or not) in its user attributes; a later
+`tune` with the same study name resumes it and refuses settings that would make its trials
+incomparable. `--trials N` is the total: finished trials count toward it (complete, pruned,
+and failed with a reason of the trainer's), so a rerun runs only the missing ones. Trials
+that ended for the orchestrator's sake (interrupted, a lost worker, a grid point another
+worker took) do not count, and their parameters go back in the queue.
+
+Several workers (threads with `--n-jobs`, processes, machines) may share a study: each
+stops starting trials once the finished trials and those running anywhere reach the total.
+A grid study puts every point in the study's queue when it is created; Optuna hands each
+queued trial to exactly one worker, so no point runs twice.
+
+A diverged trial is recorded PRUNED, not FAIL, with a penalty as its value at the epoch
+where it diverged: twice the worse of ln(10) (the loss of a uniform guess over the ten
+classes) and its last finite val_loss. Samplers ignore FAIL trials but rank PRUNED ones
+below every completed trial, so the region where training diverges is learned as bad.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
 import math
 import os
 import random
-import shlex
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
-from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from orchestrator.errors import StudyMismatch
+from orchestrator import preflight
+from orchestrator.errors import Interrupted, StudyMismatch
 from orchestrator.events import EpochEvent, StartEvent
+from orchestrator.interrupt import Interrupter, SecondSignal
+from orchestrator.parallel import (
+    CUDA_VISIBLE_DEVICES,
+    SlotPool,
+    available_cores,
+    visible_gpus,
+)
 from orchestrator.registry import PRUNERS, SAMPLERS, PrunerSettings, SamplerSettings
-from orchestrator.runner import Failure, RunOutcome, TrainerProcess
+from orchestrator.runner import Failure, RunOutcome, TrainerProcess, command_line
 from orchestrator.space import SearchSpace, Value
-from orchestrator.storage import open_storage
+from orchestrator.storage import Heartbeat, fail_stale_trials, open_storage
+from orchestrator.trainer import trainer_info
 
 logger = logging.getLogger(__name__)
 
@@ -43,22 +67,28 @@ _COMPARED = (
     "seed",
     "space",
     "extra",
+    "grid",
 )
+# Reasons for a FAIL that say nothing about the parameters: such trials do not count
+# toward --trials (a trial without any reason lost its worker, and was queued again).
+UNCOUNTED_REASONS = frozenset({"interrupted", "grid exhausted"})
+# A diverged trial's value: at least twice the loss of a uniform guess over 10 classes.
+DIVERGED_FLOOR = 2 * math.log(10)
+# How long a worker waits for the worker that created a grid study to queue its points.
+_GRID_WAIT_SECONDS = 30.0
 
 
 def default_threads() -> int:
     """The CPU cores this process may run on."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+    return available_cores()
 
 
 class TrialFailed(Exception):
-    """The trainer gave no usable result; the study records the trial as FAIL and goes on."""
+    """The trial gave no usable result; the study records it as FAIL and goes on."""
 
-    def __init__(self, failure: Failure) -> None:
-        super().__init__(f"{failure.reason}: {failure.message}")
-        self.failure = failure
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -72,7 +102,7 @@ class TrainerFlags:
     val_fraction: float | None = None
     device: str = "auto"
     data_dir: Path | None = None
-    threads: int = field(default_factory=default_threads)
+    threads: int = field(default_factory=available_cores)
     # Further trainer flags, the same for every trial (`tune ... -- --width 0.25`).
     extra: tuple[str, ...] = ()
 
@@ -114,10 +144,26 @@ class TuneConfig:
     trial_timeout: float | None = None
     pruner_startup_trials: int = 5
     pruner_warmup_epochs: int = 0
+    sampler_startup_trials: int = 10
+    # The whole study: no trial starts after this many seconds.
+    timeout: float | None = None
+    # Trials at a time in this process, and how many of them may share one GPU.
+    n_jobs: int = 1
+    trials_per_gpu: int = 1
+    # Seconds between a running trial's heartbeats (database storages); None turns them off.
+    heartbeat: int | None = 30
 
     def __post_init__(self) -> None:
         if self.trials < 1:
             raise ValueError(f"trials must be at least 1, but got trials={self.trials}")
+        if self.n_jobs < 1:
+            raise ValueError(f"n_jobs must be at least 1, but got n_jobs={self.n_jobs}")
+        if self.trials_per_gpu < 1:
+            raise ValueError(
+                f"trials_per_gpu must be at least 1, but got trials_per_gpu={self.trials_per_gpu}"
+            )
+        if self.timeout is not None and not self.timeout > 0:
+            raise ValueError(f"timeout must be positive, but got timeout={self.timeout}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {sorted(SAMPLERS)}, but got {self.sampler}")
         if self.pruner not in PRUNERS:
@@ -148,6 +194,9 @@ class Objective:
         seed: int,
         study_dir: Path,
         timeout: float | None = None,
+        interrupter: Interrupter | None = None,
+        gpus: SlotPool | None = None,
+        grid: bool = False,
     ) -> None:
         self.trainer = trainer
         self.flags = flags
@@ -155,6 +204,9 @@ class Objective:
         self.seed = seed
         self.study_dir = study_dir
         self.timeout = timeout
+        self.interrupter = interrupter or Interrupter()
+        self.gpus = gpus
+        self.grid = grid
 
     def command(self, sampled: dict[str, Value]) -> list[str]:
         """The exact trainer command for a sampled point."""
@@ -168,22 +220,37 @@ class Objective:
         ]
 
     def __call__(self, trial: optuna.Trial) -> float:
-        sampled = self.space.sample(trial)
-        command = self.command(sampled)
-        trial_dir = self.study_dir / f"trial-{trial.number:04d}"
-        trial.set_user_attr("command", shlex.join(command))
-        trial.set_user_attr("trial_dir", str(trial_dir))
+        if self.interrupter.interrupted:
+            _end_early(trial, "interrupted", "the study was stopped before this trial started")
+        if self.grid and not _from_queue(trial):
+            # The queue was empty when this worker asked: every point is taken.
+            _end_early(trial, "grid exhausted", "another worker took the grid's last point")
 
-        try:
-            outcome = self._run(trial, command, trial_dir)
-        except KeyboardInterrupt:
-            trial.set_user_attr("fail_reason", "interrupted")
-            raise
+        sampled = self.space.sample(trial)
+        trial_dir = self.study_dir / f"trial-{trial.number:04d}"
+        with self._gpu() as gpu:
+            env = {CUDA_VISIBLE_DEVICES: gpu} if gpu is not None else {}
+            command = self.command(sampled)
+            trial.set_user_attr("command", command_line(command, env))
+            trial.set_user_attr("trial_dir", str(trial_dir))
+            if gpu is not None:
+                trial.set_user_attr("cuda_visible_devices", gpu)
+            try:
+                outcome = self._run(trial, command, trial_dir, env)
+            except KeyboardInterrupt:
+                # Only where the interrupter could not take the signal (not the main thread).
+                trial.set_user_attr("fail_reason", "interrupted")
+                raise
 
         failure = outcome.failure()
+        if failure is not None and self.interrupter.interrupted:
+            signum = self.interrupter.signal or signal.SIGINT
+            failure = Failure("interrupted", f"stopped by {signal.Signals(signum).name}")
+        if failure is not None and failure.reason == "diverged":
+            self._diverged(trial, outcome, failure)
         if failure is not None:
             self._record_failure(trial, outcome, failure)
-            raise TrialFailed(failure)
+            raise TrialFailed(failure.reason, failure.message)
 
         result = outcome.result
         assert result is not None  # failure() is None only with a result
@@ -198,11 +265,22 @@ class Objective:
         )
         return result.val_loss
 
-    def _run(self, trial: optuna.Trial, command: list[str], trial_dir: Path) -> RunOutcome:
+    @contextmanager
+    def _gpu(self) -> Iterator[str | None]:
+        if self.gpus is None:
+            yield None
+            return
+        with self.gpus.slot() as device:
+            yield device
+
+    def _run(
+        self, trial: optuna.Trial, command: list[str], trial_dir: Path, env: dict[str, str]
+    ) -> RunOutcome:
         started = time.monotonic()
         best: EpochEvent | None = None
         start: StartEvent | None = None
-        with TrainerProcess(command, log_dir=trial_dir, timeout=self.timeout) as process:
+        process = TrainerProcess(command, log_dir=trial_dir, timeout=self.timeout, env=env)
+        with process, self.interrupter.tracking(process):
             for event in process.events():
                 if isinstance(event, StartEvent):
                     start = event
@@ -214,9 +292,12 @@ class Objective:
                 trial.report(event.val_loss, step=event.epoch)
                 if trial.should_prune():
                     process.end()
+                    ended = process.wait()
                     _set_user_attrs(
                         trial,
                         status="pruned",
+                        fail_reason="pruned",
+                        stderr_tail="\n".join(ended.stderr_tail),
                         val_accuracy=_json_float(best.val_accuracy),
                         best_epoch=best.epoch,
                         epochs_run=event.epoch,
@@ -228,7 +309,24 @@ class Objective:
                     )
             return process.wait()
 
-    def _record_failure(self, trial: optuna.Trial, outcome: RunOutcome, failure: Failure) -> None:
+    def _diverged(self, trial: optuna.Trial, outcome: RunOutcome, failure: Failure) -> None:
+        """Reports the penalty at the epoch where training diverged and prunes the trial."""
+        epoch, penalty = divergence_penalty(outcome.epochs)
+        trial.report(penalty, step=epoch)
+        _set_user_attrs(trial, penalty=penalty, diverged_at_epoch=epoch)
+        ending = f"diverged at epoch {epoch}; recorded PRUNED with the penalty {penalty:.4g}"
+        self._record_failure(trial, outcome, failure, ending=ending)
+        raise optuna.TrialPruned(
+            f"Diverged at epoch {epoch}: reported the penalty {penalty:.6g} instead."
+        )
+
+    def _record_failure(
+        self,
+        trial: optuna.Trial,
+        outcome: RunOutcome,
+        failure: Failure,
+        ending: str = "failed",
+    ) -> None:
         tail = "\n".join(outcome.stderr_tail)
         exit_text = (
             f"exit code {outcome.exit_code}"
@@ -249,8 +347,9 @@ class Objective:
             trial.set_user_attr("signal", outcome.signal)
 
         logger.warning(
-            "Trial %d failed (%s: %s; %s) with parameters %s.%s",
+            "Trial %d %s (%s: %s; %s) with parameters %s.%s",
             trial.number,
+            ending,
             failure.reason,
             failure.message,
             exit_text,
@@ -259,23 +358,105 @@ class Objective:
         )
 
 
-def tune(config: TuneConfig, on_trial: Callable[[FrozenTrial], None] | None = None) -> TuneSummary:
-    """Runs the trials the study still lacks to reach `config.trials` finished trials."""
-    _quiet_optuna_failure_logs()
-    storage = open_storage(config.storage, create=True)
-    study = optuna.create_study(
-        study_name=config.study_name,
-        storage=storage,
-        direction="minimize",
-        load_if_exists=True,
-    )
-    seed = _settle_settings(study, config)
+def divergence_penalty(epochs: Sequence[EpochEvent]) -> tuple[int, float]:
+    """The epoch where training diverged, and the value a diverged trial reports there."""
+    last = epochs[-1] if epochs else None
+    if last is None:
+        epoch = 1
+    elif math.isfinite(last.val_loss):
+        epoch = last.epoch + 1
+    else:
+        epoch = last.epoch
+    finite = [e.val_loss for e in epochs if math.isfinite(e.val_loss)]
+    return epoch, max(DIVERGED_FLOOR, 2 * finite[-1]) if finite else DIVERGED_FLOOR
 
-    finished_before = len(study.get_trials(deepcopy=False, states=FINISHED))
-    missing = config.trials - finished_before
-    # Offset by the trials so far, so a resumed study does not replay the first draws.
-    sampler_seed = seed + len(study.get_trials(deepcopy=False))
-    study.sampler = SAMPLERS[config.sampler](SamplerSettings(sampler_seed, config.space))
+
+def counts_toward_total(trial: FrozenTrial) -> bool:
+    """Whether a trial is one of the --trials the study should have."""
+    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    if trial.state != TrialState.FAIL:
+        return False
+    reason = trial.user_attrs.get("fail_reason")
+    return reason is not None and reason not in UNCOUNTED_REASONS
+
+
+@dataclass(frozen=True)
+class _Progress:
+    counted: int
+    running: int
+    waiting: int
+
+
+def _progress(study: optuna.Study) -> _Progress:
+    trials = study.get_trials(deepcopy=False)
+    return _Progress(
+        counted=sum(counts_toward_total(t) for t in trials),
+        running=sum(t.state == TrialState.RUNNING for t in trials),
+        waiting=sum(t.state == TrialState.WAITING for t in trials),
+    )
+
+
+class _AfterEachTrial:
+    """Optuna's callback after each trial: queue an interrupted trial's parameters again,
+    and stop starting trials when interrupted, when the finished and running trials reach
+    the total, or when a grid's queue is empty."""
+
+    def __init__(self, total: int, grid: bool, interrupter: Interrupter) -> None:
+        self.total = total
+        self.grid = grid
+        self.interrupter = interrupter
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.state == TrialState.FAIL and trial.user_attrs.get("fail_reason") == "interrupted":
+            _queue_again(study, trial)
+        if self.interrupter.interrupted:
+            study.stop()
+            return
+        progress = _progress(study)
+        enough = progress.counted + progress.running >= self.total
+        if enough or (self.grid and progress.waiting == 0):
+            study.stop()
+
+
+def _queue_again(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Queues a trial's parameters as a new trial, as Optuna's heartbeat retry does."""
+    if not trial.params:
+        return  # stopped before it sampled anything: there is nothing to repeat
+    history = [*trial.system_attrs.get("retry_history", []), trial.number]
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.WAITING,
+            params=trial.params,
+            distributions=trial.distributions,
+            system_attrs={"failed_trial": history[0], "retry_history": history},
+        )
+    )
+
+
+def tune(config: TuneConfig, on_trial: Callable[[FrozenTrial], None] | None = None) -> TuneSummary:
+    """Runs the trials the study still lacks to reach `config.trials` counted trials.
+
+    Everything that can be checked without running a trial is checked before the storage
+    is touched: the trainer, the data folder and the space.
+    """
+    preflight.check_trainer(config.trainer, config.space, config.flags.extra)
+    data_dir = preflight.data_dir_for(config.flags.data_dir, config.flags.extra)
+    preflight.check_data(config.flags.dataset, data_dir)
+    grid = config.space.grid() if config.sampler == "grid" else None
+    gpus = _gpu_pool(config)
+
+    _quiet_optuna_failure_logs()
+    heartbeat = Heartbeat(config.heartbeat) if config.heartbeat is not None else None
+    storage = open_storage(config.storage, create=True, heartbeat=heartbeat)
+    study, created = _create_or_load(config, storage)
+    seed = _settle_settings(study, config, created, grid)
+    fail_stale_trials(study)
+
+    before = _progress(study)
+    missing = config.trials - before.counted - before.running
+    first_number = len(study.get_trials(deepcopy=False))
+    study.sampler = _sampler(config, seed + first_number)
     study.pruner = PRUNERS[config.pruner](
         PrunerSettings(
             epochs=config.flags.epochs,
@@ -284,33 +465,63 @@ def tune(config: TuneConfig, on_trial: Callable[[FrozenTrial], None] | None = No
         )
     )
 
-    stop_reason = _why_nothing_to_do(study, missing)
-    ran = 0
+    stop_reason = _why_nothing_to_do(before, missing, grid is not None, config.trials)
+    interrupter = Interrupter()
+    started = time.monotonic()
     if stop_reason is None:
-        objective = Objective(
-            trainer=config.trainer,
-            flags=config.flags,
-            space=config.space,
+        objective = _Reseeding(
+            Objective(
+                trainer=config.trainer,
+                flags=config.flags,
+                space=config.space,
+                seed=seed,
+                study_dir=config.runs_dir.absolute() / _safe_name(config.study_name),
+                timeout=config.trial_timeout,
+                interrupter=interrupter,
+                gpus=gpus,
+                grid=grid is not None,
+            ),
+            first_number=first_number if config.n_jobs == 1 else None,
+            make_sampler=lambda sampler_seed: _sampler(config, sampler_seed),
             seed=seed,
-            study_dir=config.runs_dir.absolute() / _safe_name(config.study_name),
-            timeout=config.trial_timeout,
         )
-        # Other workers may share the study: stop when it holds enough finished trials.
         callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = [
-            MaxTrialsCallback(config.trials, states=FINISHED)
+            _AfterEachTrial(config.trials, grid is not None, interrupter)
         ]
         if on_trial is not None:
             callbacks.append(lambda _study, trial: on_trial(trial))
-        study.optimize(objective, n_trials=missing, catch=(TrialFailed,), callbacks=callbacks)
-        ran = len(study.get_trials(deepcopy=False, states=FINISHED)) - finished_before
-        if ran < missing and _grid_exhausted(study):
+        # After a second signal the trainers are killed and Optuna has recorded the trial.
+        with interrupter.handling_signals(), contextlib.suppress(SecondSignal):
+            study.optimize(
+                objective,
+                n_trials=missing,
+                timeout=config.timeout,
+                n_jobs=config.n_jobs,
+                catch=(TrialFailed,),
+                callbacks=callbacks,
+            )
+
+    after = _progress(study)
+    if interrupter.signal is not None:
+        name = signal.Signals(interrupter.signal).name
+        raise Interrupted(
+            interrupter.signal,
+            f"interrupted by {name}: running trials were ended and recorded as FAIL "
+            f"(interrupted); the study has {after.counted} of {config.trials} trials; run "
+            "the same command again to resume",
+        )
+    ran = after.counted - before.counted
+    if stop_reason is None and after.counted < config.trials:
+        if grid is not None and after.waiting == 0:
             stop_reason = "the grid is exhausted"
+        elif config.timeout is not None and time.monotonic() - started >= config.timeout:
+            stop_reason = f"the --timeout of {config.timeout:g} s was reached"
 
     return TuneSummary(
         study_name=config.study_name,
         storage=config.storage,
         seed=seed,
-        finished_before=finished_before,
+        finished_before=before.counted,
         ran=ran,
         states=state_counts(study),
         best=_best_trial(study),
@@ -318,8 +529,94 @@ def tune(config: TuneConfig, on_trial: Callable[[FrozenTrial], None] | None = No
     )
 
 
-def _settle_settings(study: optuna.Study, config: TuneConfig) -> int:
-    """Stores the study's shared settings, or checks them on resume; returns the seed."""
+class _Reseeding:
+    """Wraps the objective: a worker whose first trial is not the one it expected (another
+    worker took that number) re-seeds its sampler from the trial it got, so workers started
+    together with one --seed do not propose the same points."""
+
+    def __init__(
+        self,
+        objective: Objective,
+        *,
+        first_number: int | None,
+        make_sampler: Callable[[int], optuna.samplers.BaseSampler],
+        seed: int,
+    ) -> None:
+        self.objective = objective
+        self._first_number = first_number
+        self._make_sampler = make_sampler
+        self._seed = seed
+        self._lock = threading.Lock()
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        with self._lock:
+            expected, self._first_number = self._first_number, None
+        if expected is not None and trial.number != expected:
+            trial.study.sampler = self._make_sampler(self._seed + trial.number)
+        return self.objective(trial)
+
+
+def _sampler(config: TuneConfig, seed: int) -> optuna.samplers.BaseSampler:
+    return SAMPLERS[config.sampler](
+        SamplerSettings(seed, config.space, startup_trials=config.sampler_startup_trials)
+    )
+
+
+def _gpu_pool(config: TuneConfig) -> SlotPool | None:
+    """One slot per GPU (times --trials-per-gpu) when several trials share this machine."""
+    if config.n_jobs == 1 or config.flags.device not in ("auto", "cuda"):
+        return None
+    count = trainer_info(config.trainer).get("cuda_device_count")
+    if not isinstance(count, int) or count < 1:
+        return None
+    pool = SlotPool(visible_gpus(count, os.environ), per_device=config.trials_per_gpu)
+    if pool.capacity < config.n_jobs:
+        logger.warning(
+            "--n-jobs %d with %d GPU(s) and --trials-per-gpu %d: at most %d trials run at once",
+            config.n_jobs,
+            count,
+            config.trials_per_gpu,
+            pool.capacity,
+        )
+    return pool
+
+
+def _create_or_load(
+    config: TuneConfig, storage: optuna.storages.BaseStorage
+) -> tuple[optuna.Study, bool]:
+    """The study, and whether this worker created it (and so must store its settings)."""
+    try:
+        study = optuna.create_study(
+            study_name=config.study_name, storage=storage, direction="minimize"
+        )
+        return study, True
+    except optuna.exceptions.DuplicatedStudyError:
+        return optuna.load_study(study_name=config.study_name, storage=storage), False
+
+
+def _end_early(trial: optuna.Trial, reason: str, message: str) -> None:
+    _set_user_attrs(trial, fail_reason=reason, fail_message=message)
+    raise TrialFailed(reason, message)
+
+
+def _from_queue(trial: optuna.Trial) -> bool:
+    """Whether the trial was taken from the study's queue (its parameters are given)."""
+    if trial.params:
+        return True
+    for frozen in trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if frozen.number == trial.number:
+            return "fixed_params" in frozen.system_attrs
+    return False
+
+
+def _settle_settings(
+    study: optuna.Study,
+    config: TuneConfig,
+    created: bool,
+    grid: dict[str, list[Value]] | None,
+) -> int:
+    """Stores the study's shared settings (and queues a grid), or checks them on resume;
+    returns the seed."""
     if len(study.directions) != 1 or study.direction != optuna.study.StudyDirection.MINIMIZE:
         raise StudyMismatch(
             f"study {config.study_name!r} in {config.storage} does not minimise one value; "
@@ -327,6 +624,8 @@ def _settle_settings(study: optuna.Study, config: TuneConfig) -> int:
         )
 
     stored = study.user_attrs.get(SETTINGS_ATTR)
+    if stored is None and not created and grid is not None:
+        stored = _wait_for_settings(study)
     seed = config.seed
     if isinstance(stored, dict) and seed is None and isinstance(stored.get("seed"), int):
         seed = stored["seed"]
@@ -343,13 +642,17 @@ def _settle_settings(study: optuna.Study, config: TuneConfig) -> int:
         "seed": seed,
         "space": config.space.describe(),
         "extra": list(config.flags.extra),
+        "grid": grid is not None,
     }
     if not isinstance(stored, dict):
+        if grid is not None:
+            _queue_grid(study, grid, seed)
+        # Last: other workers of a grid study wait for it, and then find the queue full.
         study.set_user_attr(SETTINGS_ATTR, wanted)
         return seed
 
-    # Studies from before `extra` existed had none.
-    stored = {"extra": [], **stored}
+    # Studies from before `extra` and `grid` existed had neither.
+    stored = {"extra": [], "grid": False, **stored}
     different = [key for key in _COMPARED if stored.get(key) != wanted[key]]
     if different:
         details = "; ".join(
@@ -363,17 +666,44 @@ def _settle_settings(study: optuna.Study, config: TuneConfig) -> int:
     return seed
 
 
-def _why_nothing_to_do(study: optuna.Study, missing: int) -> str | None:
-    if missing <= 0:
-        return "the study already has the requested number of finished trials"
-    if _grid_exhausted(study):
-        return "the grid is exhausted"
+def _wait_for_settings(study: optuna.Study) -> object:
+    """The settings of a study another worker has just created, once they are stored."""
+    deadline = time.monotonic() + _GRID_WAIT_SECONDS
+    while time.monotonic() < deadline:
+        stored = study.user_attrs.get(SETTINGS_ATTR)
+        if stored is not None:
+            return stored
+        time.sleep(0.2)
+    logger.warning(
+        "study %r has no settings after %.0f s; storing this command's",
+        study.study_name,
+        _GRID_WAIT_SECONDS,
+    )
     return None
 
 
-def _grid_exhausted(study: optuna.Study) -> bool:
-    sampler = study.sampler
-    return isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study)
+def _queue_grid(study: optuna.Study, grid: dict[str, list[Value]], seed: int) -> None:
+    """Queues every point of the grid, in an order shuffled by the seed."""
+    names = list(grid)
+    combinations = itertools.product(*grid.values())
+    points = [dict(zip(names, values, strict=True)) for values in combinations]
+    random.Random(seed).shuffle(points)
+    for point in points:
+        study.enqueue_trial(point, skip_if_exists=False)
+    logger.info("study %r: queued the %d points of its grid", study.study_name, len(points))
+
+
+def _why_nothing_to_do(before: _Progress, missing: int, grid: bool, total: int) -> str | None:
+    if grid and before.waiting == 0:
+        return "the grid is exhausted"
+    if missing <= 0:
+        if before.running:
+            return (
+                f"the study already has the requested number of trials ({before.counted} "
+                f"finished, {before.running} running in other workers)"
+            )
+        return "the study already has the requested number of finished trials"
+    return None
 
 
 def state_counts(study: optuna.Study) -> dict[str, int]:
@@ -413,9 +743,11 @@ class _DropTrialFailedRecords(logging.Filter):
     already logged one WARNING with the reason and stderr tail, so those two go."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], TrialFailed):
+        if record.exc_info and isinstance(record.exc_info[1], (TrialFailed, SecondSignal)):
             return False
         message = record.getMessage()
+        if "because of the following error: TrialFailed(" in message:
+            return False
         return not (message.startswith("Trial ") and message.endswith("failed with value None."))
 
 

@@ -26,6 +26,20 @@ import argparse, json, math, os, signal, subprocess, sys, time
 def emit(event, **fields):
     print(json.dumps({"event": event, **fields}), flush=True)
 
+if sys.argv[1:2] == ["describe"]:
+    # What tune checks a space against: the flags this fake reads, as the trainer says.
+    _described = [(n, "float") for n in ("lr", "dropout", "weight_decay", "momentum")]
+    _described += [(n, "int") for n in ("epochs", "batch_size", "seed", "threads")]
+    _described += [("train_limit", "int"), ("val_fraction", "float"), ("device", "string")]
+    _described += [("data_dir", "path"), ("model", "choice"), ("dataset", "choice")]
+    _described += [("optimizer", "choice")]
+    _choices = {"model": ["cnn", "resnet18"], "dataset": ["mnist", "cifar10"],
+                "optimizer": ["sgd", "adam", "adamw", "rmsprop"]}
+    print(json.dumps({"version": "0.0.0-fake", "flags": [
+        {"name": n, "flag": "--" + n.replace("_", "-"), "type": t, "choices": _choices.get(n)}
+        for n, t in _described]}))
+    sys.exit(0)
+
 _parser = argparse.ArgumentParser()
 _parser.add_argument("command")
 for _flag in ("--lr", "--dropout", "--weight-decay", "--momentum", "--val-fraction"):

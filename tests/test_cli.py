@@ -17,7 +17,7 @@ from pathlib import Path
 import optuna
 import pytest
 from click.testing import CliRunner, Result
-from helpers import REAL_FLAGS, REPO, run_orchestrate
+from helpers import REAL_FLAGS, REPO, fake_data, run_orchestrate
 from optuna.trial import TrialState
 
 from orchestrator.cli import cli
@@ -78,6 +78,7 @@ def test_train_passes_flags_through_and_exits_with_the_trainers_code(
 def test_tune_trials_and_best_with_a_fake_trainer(fake_trainer: FakeTrainer, in_tmp: Path) -> None:
     trainer = str(fake_trainer())
     tune_args = ["tune", "--trainer", trainer, "--trials", "3", "--seed", "4", "--epochs", "2"]
+    tune_args += ["--data-dir", str(fake_data(in_tmp))]
 
     tuned = invoke(*tune_args, "--sampler", "random")
     table = invoke("trials")
@@ -97,10 +98,10 @@ def test_tune_trials_and_best_with_a_fake_trainer(fake_trainer: FakeTrainer, in_
 
 
 def test_resuming_with_other_epochs_exits_2(fake_trainer: FakeTrainer, in_tmp: Path) -> None:
-    trainer = str(fake_trainer())
-    invoke("tune", "--trainer", trainer, "--trials", "1", "--seed", "1", "--epochs", "2")
+    base = ["tune", "--trainer", str(fake_trainer()), "--data-dir", str(fake_data(in_tmp))]
+    invoke(*base, "--trials", "1", "--seed", "1", "--epochs", "2")
 
-    result = invoke("tune", "--trainer", trainer, "--trials", "2", "--seed", "1", "--epochs", "3")
+    result = invoke(*base, "--trials", "2", "--seed", "1", "--epochs", "3")
 
     # The study's settings differ: refused, naming the difference.
     assert result.exit_code == 2
@@ -129,7 +130,17 @@ def test_a_bad_storage_exits_2(in_tmp: Path, storage: str) -> None:
 
 def test_best_without_a_completed_trial_exits_1(fake_trainer: FakeTrainer, in_tmp: Path) -> None:
     trainer = str(fake_trainer("sys.exit(3)"))
-    invoke("tune", "--trainer", trainer, "--trials", "2", "--seed", "1")
+    invoke(
+        "tune",
+        "--trainer",
+        trainer,
+        "--trials",
+        "2",
+        "--seed",
+        "1",
+        "--data-dir",
+        str(fake_data(in_tmp)),
+    )
 
     result = invoke("best")
 
@@ -267,15 +278,20 @@ def test_ctrl_c_during_tune_exits_130_and_keeps_the_study(
 ) -> None:
     # The trainer has its own session; Ctrl-C reaches only the orchestrator. Simulate it.
     trainer = fake_trainer("start(); os.kill(os.getppid(), signal.SIGINT); time.sleep(600)")
+    data = str(fake_data(in_tmp))
 
-    result = invoke("tune", "--trainer", str(trainer), "--trials", "3", "--seed", "1")
+    result = invoke(
+        "tune", "--trainer", str(trainer), "--trials", "3", "--seed", "1", "--data-dir", data
+    )
     trials = optuna.load_study(study_name="cnn-mnist", storage="sqlite:///orchestrate.db").trials
 
     # The shell convention for SIGINT, and a hint that a rerun resumes.
     assert result.exit_code == 130
     assert "run the same command again to resume" in result.output
-    # The interrupted trial is recorded as such; no other trial started.
-    assert [t.user_attrs.get("fail_reason") for t in trials] == ["interrupted"]
+    # The interrupted trial is recorded as such; no other trial started, and its parameters
+    # wait in the queue for the rerun.
+    assert [t.user_attrs.get("fail_reason") for t in trials] == ["interrupted", None]
+    assert trials[1].state == TrialState.WAITING and trials[1].params == trials[0].params
 
 
 @pytest.mark.real

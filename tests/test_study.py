@@ -10,13 +10,13 @@ from typing import Any
 
 import optuna
 import pytest
-from helpers import process_gone
+from helpers import fake_data, process_gone
 from optuna.trial import TrialState
 
-from orchestrator.errors import StudyMismatch
+from orchestrator.errors import Interrupted, StudyMismatch
 from orchestrator.registry import SAMPLERS
 from orchestrator.space import CategoricalParam, FloatParam, SearchSpace, cnn_space
-from orchestrator.study import TrainerFlags, TuneConfig, tune
+from orchestrator.study import TrainerFlags, TuneConfig, divergence_penalty, tune
 
 FakeTrainer = Callable[..., Path]
 
@@ -28,7 +28,7 @@ def config(trainer: Path, tmp_path: Path, **changes: Any) -> TuneConfig:
         storage=f"sqlite:///{tmp_path / 'studies.db'}",
         trials=4,
         space=cnn_space(),
-        flags=TrainerFlags(epochs=3, threads=1, data_dir=tmp_path),
+        flags=TrainerFlags(epochs=3, threads=1, data_dir=fake_data(tmp_path)),
         sampler="random",
         pruner="none",
         seed=1,
@@ -127,6 +127,8 @@ def test_resuming_with_other_settings_is_refused(
 ) -> None:
     cfg = config(fake_trainer(), tmp_path, trials=1)
     tune(cfg)
+    if "flags" in change:
+        change = {"flags": dataclasses.replace(change["flags"], data_dir=cfg.flags.data_dir)}
 
     # Trials with other epochs, seed or space would not be comparable.
     with pytest.raises(StudyMismatch, match=words):
@@ -148,15 +150,18 @@ def test_a_seeded_sampler_is_reproducible(
     assert runs[0] == runs[1]
 
 
-def test_a_failing_trainer_becomes_fail_and_the_study_goes_on(
+def test_a_diverging_trainer_is_pruned_with_a_penalty_and_the_study_goes_on(
     fake_trainer: FakeTrainer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # Diverges for a large lr, the way the real trainer does: result, error event, exit 4.
+    # Diverges for a large lr, the way the real trainer does: result, error event, exit 4;
+    # one epoch first, so the penalty is twice the last finite val_loss.
     trainer = fake_trainer(
         """
         start()
         if LR > 3e-3:
-            print("epoch 1: loss is NaN", file=sys.stderr)
+            emit("epoch", epoch=1, epochs=EPOCHS, train_loss=9.0, val_loss=3.5,
+                 val_accuracy=0.1, lr=LR, seconds=0.01, samples_per_second=1e4)
+            print("epoch 2: loss is NaN", file=sys.stderr)
             result("diverged")
             emit("error", kind="diverged", message="the loss became non-finite; lower --lr")
             sys.exit(4)
@@ -168,22 +173,64 @@ def test_a_failing_trainer_becomes_fail_and_the_study_goes_on(
     with caplog.at_level(logging.WARNING):
         summary = tune(cfg)
     trials = load(cfg).trials
-    failed = [t for t in trials if t.state == TrialState.FAIL]
+    diverged = [t for t in trials if t.user_attrs.get("fail_reason") == "diverged"]
 
-    # All six trials ran: the failures did not stop the study.
-    assert summary.ran == 6 and failed and len(failed) < 6
-    # A failed trial keeps its reason, the trainer's message, exit code and stderr tail.
-    attrs = failed[0].user_attrs
-    assert attrs["fail_reason"] == "diverged"
+    # All six trials ran: the divergences did not stop the study.
+    assert summary.ran == 6 and diverged and len(diverged) < 6
+    # A diverged trial is PRUNED, so samplers see it, with the penalty at the epoch where it
+    # diverged: twice its last finite val_loss, since that beats twice ln(10).
+    first = diverged[0]
+    assert first.state == TrialState.PRUNED
+    assert first.intermediate_values == {1: 3.5, 2: 7.0}
+    assert first.user_attrs["penalty"] == 7.0 and first.user_attrs["diverged_at_epoch"] == 2
+    # It keeps the trainer's reason, message, exit code and stderr tail.
+    attrs = first.user_attrs
     assert attrs["fail_message"] == "the loss became non-finite; lower --lr"
     assert attrs["exit_code"] == 4
-    assert attrs["stderr_tail"] == "epoch 1: loss is NaN"
+    assert attrs["stderr_tail"] == "epoch 2: loss is NaN"
     assert "command" in attrs
-    # One WARNING per failed trial, with params, reason and stderr; no traceback from Optuna.
+    # One WARNING per diverged trial, with params, reason and stderr; no traceback.
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == len(diverged)
+    assert "diverged" in warnings[0].getMessage() and "'lr'" in warnings[0].getMessage()
+    assert "stderr: epoch 2: loss is NaN" in warnings[0].getMessage()
+    assert "Traceback" not in caplog.text
+
+
+def test_a_divergence_at_the_first_epoch_reports_twice_ln_10() -> None:
+    epoch, penalty = divergence_penalty(())
+
+    # With no finite val_loss, the floor: twice the loss of a uniform guess over 10 classes.
+    assert (epoch, penalty) == (1, 2 * math.log(10))
+
+
+def test_a_crashing_trainer_becomes_fail_and_the_study_goes_on(
+    fake_trainer: FakeTrainer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    trainer = fake_trainer(
+        """
+        start()
+        if LR > 3e-3:
+            print("thread 'main' panicked", file=sys.stderr)
+            emit("error", kind="internal", message="index out of range")
+            sys.exit(1)
+        train()
+        """
+    )
+    cfg = config(trainer, tmp_path, trials=6, seed=3)
+
+    with caplog.at_level(logging.WARNING):
+        summary = tune(cfg)
+    failed = [t for t in load(cfg).trials if t.state == TrialState.FAIL]
+
+    # All six trials ran; the crashes are FAIL, with reason, message, code and stderr.
+    assert summary.ran == 6 and failed and len(failed) < 6
+    attrs = failed[0].user_attrs
+    assert (attrs["fail_reason"], attrs["fail_message"]) == ("crashed", "index out of range")
+    assert attrs["exit_code"] == 1 and attrs["stderr_tail"] == "thread 'main' panicked"
+    # One WARNING per failed trial and no traceback from Optuna.
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == len(failed)
-    assert "diverged" in warnings[0].getMessage() and "'lr'" in warnings[0].getMessage()
-    assert "stderr: epoch 1: loss is NaN" in warnings[0].getMessage()
     assert "Traceback" not in caplog.text
 
 
@@ -244,7 +291,7 @@ def test_each_pruner_prunes(fake_trainer: FakeTrainer, tmp_path: Path, pruner: s
     cfg = config(
         fake_trainer(), tmp_path, trials=12, pruner=pruner, pruner_startup_trials=2, seed=2
     )
-    cfg = dataclasses.replace(cfg, flags=TrainerFlags(epochs=9, threads=1))
+    cfg = dataclasses.replace(cfg, flags=dataclasses.replace(cfg.flags, epochs=9))
 
     tune(cfg)
     states = [t.state for t in load(cfg).trials]
@@ -276,7 +323,7 @@ def test_the_grid_stops_when_exhausted(fake_trainer: FakeTrainer, tmp_path: Path
 
 @pytest.mark.timeout(60)
 @pytest.mark.usefixtures("sigint_raises")
-def test_an_interrupt_ends_the_process_and_marks_the_trial(
+def test_an_interrupt_ends_the_process_marks_the_trial_and_queues_it_again(
     fake_trainer: FakeTrainer, tmp_path: Path
 ) -> None:
     # Ctrl-C reaches the orchestrator (the trainer has its own session): simulate it.
@@ -290,20 +337,26 @@ def test_an_interrupt_ends_the_process_and_marks_the_trial(
     )
     cfg = config(trainer, tmp_path, trials=3)
 
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted, match="interrupted by SIGINT") as raised:
         tune(cfg)
-    trial = load(cfg).trials[0]
+    trials = load(cfg).trials
 
+    # The exit code follows the shell's convention for SIGINT.
+    assert raised.value.exit_code == 130
     # The trial is a FAIL marked interrupted, and its process is gone.
-    assert trial.state == TrialState.FAIL
-    assert trial.user_attrs["fail_reason"] == "interrupted"
+    assert trials[0].state == TrialState.FAIL
+    assert trials[0].user_attrs["fail_reason"] == "interrupted"
     assert process_gone(int((tmp_path / "pid").read_text()))
+    # Its parameters wait in the queue for the next run; no other trial started.
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
+    assert trials[1].params == trials[0].params
+    assert trials[1].system_attrs["failed_trial"] == 0
 
 
 @pytest.mark.real
 @pytest.mark.timeout(300)
 @pytest.mark.filterwarnings("ignore:Fixed parameter lr")
-def test_real_diverging_trial_fails_and_the_study_goes_on(
+def test_real_diverging_trial_is_pruned_with_a_penalty_and_the_study_goes_on(
     real_trainer: Path, data_dir: Path, tmp_path: Path
 ) -> None:
     cfg = config(
@@ -323,11 +376,15 @@ def test_real_diverging_trial_fails_and_the_study_goes_on(
     summary = tune(cfg)
     trials = load(cfg).trials
 
-    # The enqueued trial runs first and diverges: FAIL, with the trainer's reason and code.
+    # The enqueued trial runs first and diverges in its first epoch: PRUNED, with the
+    # penalty 2 ln(10) at epoch 1 and the trainer's reason, code and stderr.
     assert trials[0].params["lr"] == 1e6
-    assert trials[0].state == TrialState.FAIL
+    assert trials[0].state == TrialState.PRUNED
+    assert trials[0].intermediate_values == {1: 2 * math.log(10)}
     assert trials[0].user_attrs["fail_reason"] == "diverged"
     assert trials[0].user_attrs["exit_code"] == 4
+    assert "non-finite" in trials[0].user_attrs["fail_message"]
+    assert "stderr_tail" in trials[0].user_attrs
     # The sampled trials after it complete with finite values.
     assert summary.ran == 3
     assert [t.state for t in trials[1:]] == [TrialState.COMPLETE] * 2

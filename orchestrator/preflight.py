@@ -1,0 +1,72 @@
+"""Checks `tune` makes before it creates anything: a study that cannot run a single trial
+should fail at once, with a message that says what to fix, and leave no study behind.
+
+- the trainer runs and describes its flags (`rust-trainer describe`), and accepts the
+  space (`contract.check_space`: names, types, ranges, choices) and every flag after `--`;
+- the data folder holds the dataset (the file the trainer reads first);
+- the grid sampler has grid points for every parameter (`SearchSpace.grid`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from orchestrator import datasets
+from orchestrator.contract import check_space, describe_trainer
+from orchestrator.errors import DataNotFound, SpaceError
+from orchestrator.space import SearchSpace
+
+DATA_DIR_ENV = "RUST_TRAINER_DATA_DIR"
+# The trainer's own default for --data-dir.
+DEFAULT_DATA_DIR = Path("data")
+# The file each dataset's loader opens first (raw or .gz for MNIST).
+_MARKERS = {"mnist": "train-images-idx3-ubyte", "cifar10": "data_batch_1.bin"}
+
+
+def check_trainer(trainer: Path, space: SearchSpace, extra: Iterable[str]) -> None:
+    """The trainer must run, and accept every flag a trial would give it."""
+    flags = describe_trainer(trainer)
+    check_space(space, flags)
+    known = {spec.flag for spec in flags.values()}
+    for token in extra:
+        flag = token.split("=", 1)[0]
+        if flag.startswith("--") and flag not in known:
+            raise SpaceError(
+                f"the trainer flag {token!r} after `--` is not one `rust-trainer train` "
+                "accepts; see `rust-trainer describe` or `rust-trainer train --help`"
+            )
+
+
+def data_dir_for(data_dir: Path | None, extra: Iterable[str]) -> Path:
+    """The --data-dir the trainer will use: the last one passed, its variable, or its
+    default."""
+    chosen = data_dir
+    tokens = list(extra)
+    for index, token in enumerate(tokens):
+        if token == "--data-dir" and index + 1 < len(tokens):
+            chosen = Path(tokens[index + 1])
+        elif token.startswith("--data-dir="):
+            chosen = Path(token.split("=", 1)[1])
+    if chosen is not None:
+        return chosen
+    from_env = os.environ.get(DATA_DIR_ENV)
+    return Path(from_env) if from_env else DEFAULT_DATA_DIR
+
+
+def check_data(dataset: str, data_dir: Path) -> None:
+    """The folder the trainer will read must hold the dataset's first file."""
+    marker = _MARKERS.get(dataset)
+    if marker is None:
+        return  # a dataset this check does not know: the trainer will say
+    folder = datasets.locate(dataset, data_dir)
+    names = (marker, f"{marker}.gz") if dataset == "mnist" else (marker,)
+    if any((folder / name).is_file() for name in names):
+        return
+    raise DataNotFound(
+        f"--data-dir {data_dir} holds no {dataset} files (looked for {marker} in "
+        f"{data_dir} and its {dataset} folder); point --data-dir or {DATA_DIR_ENV} at the "
+        f"folder that holds {dataset}/, or fetch it with "
+        f"`orchestrate data download --dataset {dataset} --dest DIR`"
+    )
