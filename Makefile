@@ -23,7 +23,7 @@ $(VENV)/.setup-done: pyproject.toml Cargo.toml rust_trainer/Cargo.toml rust_trai
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet torch==2.11.0 'maturin>=1.5,<2'
-	$(VENV)/bin/pip install --quiet --no-build-isolation --editable '.[test]'
+	$(VENV)/bin/pip install --quiet --no-build-isolation --editable '.[test,postgres]'
 	touch $@
 
 # Rebuilds the trainer after a change to its sources (setup builds it once).

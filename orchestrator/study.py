@@ -336,7 +336,7 @@ class Objective:
         _set_user_attrs(
             trial,
             fail_reason=failure.reason,
-            fail_message=failure.message,
+            fail_message=_clip(failure.message),
             stderr_tail=tail,
             epochs_run=len(outcome.epochs),
             seconds=round(outcome.seconds, 3),
@@ -351,7 +351,7 @@ class Objective:
             trial.number,
             ending,
             failure.reason,
-            failure.message,
+            _clip(failure.message, 500),
             exit_text,
             trial.params,
             "\n  stderr: " + "\n  stderr: ".join(outcome.stderr_tail) if tail else "",
@@ -731,6 +731,11 @@ def _json_float(value: float) -> float | None:
 
 def _safe_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "study"
+
+
+def _clip(text: str, limit: int = 2000) -> str:
+    # libtorch's messages carry a whole C++ backtrace; the start says what went wrong.
+    return text if len(text) <= limit else text[: limit - 15] + " ... (clipped)"
 
 
 def _short(value: object) -> str:

@@ -8,15 +8,20 @@ trainer with `orchestrate build` when `target/release/rust-trainer` is missing.
 from __future__ import annotations
 
 import os
+import pwd
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from helpers import REPO, run_orchestrate
+from helpers import MARKER_ENV, REPO, run_orchestrate
 
 from orchestrator.build import built_binary
 
@@ -155,3 +160,137 @@ def in_tmp(tmp_path: Path) -> Iterator[Path]:
         yield tmp_path
     finally:
         os.chdir(cwd)
+
+
+@pytest.fixture
+def marker(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A value of MARKER_ENV that every process this test starts inherits (see
+    `helpers.marked_processes`)."""
+    value = uuid.uuid4().hex
+    monkeypatch.setenv(MARKER_ENV, value)
+    return value
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster on a free localhost port, for this test session.
+
+    It uses the server binaries of Debian's `postgresql` package and runs as the `postgres`
+    user when the tests run as root (the server refuses root). Yields the URL of its
+    `postgres` database; trust authentication, so no password.
+    """
+    initdb = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not initdb:
+        pytest.fail(
+            "no PostgreSQL server binaries (/usr/lib/postgresql/*/bin/initdb); install them "
+            "with `apt-get install -y postgresql` (as .ci/run does)"
+        )
+    bin_dir = initdb[-1].parent
+    root = Path(tempfile.mkdtemp(prefix="orchestrate-pg-"))
+    user = "postgres" if os.geteuid() == 0 else None
+    if user is not None:
+        owner = pwd.getpwnam(user)
+        os.chown(root, owner.pw_uid, owner.pw_gid)
+    data, port = root / "data", _free_port()
+
+    def run(*args: str) -> None:
+        completed = subprocess.run(
+            args, user=user, capture_output=True, text=True, timeout=120, cwd=root
+        )
+        assert completed.returncode == 0, f"{args[0]} failed: {completed.stderr[-2000:]}"
+
+    run(str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
+        "--no-sync", "-E", "UTF8")  # fmt: skip
+    options = f"-p {port} -k {root} -h 127.0.0.1 -c fsync=off -c max_connections=200"
+    run(str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(root / "log"),
+        "-w", "-t", "60", "start")  # fmt: skip
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        run(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> Iterator[str]:
+    """A new, empty database on the session's server, dropped after the test."""
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_server, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    try:
+        yield postgres_server.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with psycopg.connect(postgres_server, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+# What the wrapped trainer can be told to do, besides training as asked (`ok`).
+WRAPPER_BEHAVIOURS = ("ok", "noisy", "crash", "oom", "diverge", "data", "bad-output")
+
+
+@pytest.fixture
+def wrapped_trainer(real_trainer: Path, tmp_path: Path) -> Path:
+    """The real trainer behind a script that takes one more flag, `--behaviour`, to make it
+    fail in each way a trainer can: aborted by a signal (crash), short of memory (a 3 GiB
+    address space and a 1.25 GB layer), diverging (lr 1e6), reading a missing folder,
+    printing a malformed event, or printing 1 MiB on stderr and a stray stdout line first.
+    `describe` adds the flag to the trainer's own description, so tune accepts it."""
+    path = tmp_path / "wrapped-trainer"
+    path.write_text(
+        f"#!{sys.executable}\n"
+        + textwrap.dedent(
+            f"""\
+            import json, os, resource, signal, subprocess, sys, time
+            REAL = {str(real_trainer)!r}
+            args = sys.argv[1:]
+            if args[:1] == ["describe"]:
+                described = json.loads(subprocess.run(
+                    [REAL, "describe"], capture_output=True, text=True, check=True).stdout)
+                described["flags"].append({{"name": "behaviour", "flag": "--behaviour",
+                    "type": "choice", "choices": {list(WRAPPER_BEHAVIOURS)!r}}})
+                print(json.dumps(described))
+                sys.exit(0)
+            behaviour = "ok"
+            if "--behaviour" in args:
+                at = args.index("--behaviour")
+                behaviour = args[at + 1]
+                del args[at : at + 2]
+            command = [REAL, *args]
+            if behaviour == "noisy":
+                sys.stderr.write("x" * (1 << 20) + "\\n")
+                sys.stderr.flush()
+                print("warming up (not an event)", flush=True)
+            elif behaviour == "crash":
+                resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+                trainer = os.getpid()
+                if os.fork() == 0:
+                    time.sleep(0.5)
+                    os.kill(trainer, signal.SIGABRT)
+                    os._exit(0)
+            elif behaviour == "oom":
+                resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+                command += ["--hidden", "100000"]
+            elif behaviour == "diverge":
+                command += ["--optimizer", "sgd", "--lr", "1e6"]
+            elif behaviour == "data":
+                command += ["--data-dir", "/nonexistent/datasets"]
+            elif behaviour == "bad-output":
+                child = subprocess.Popen(command)
+                time.sleep(1.5)
+                print('{{"event": "epoch", "epoch": "one"}}', flush=True)
+                sys.exit(child.wait())
+            os.execv(REAL, command)
+            """
+        )
+    )
+    path.chmod(0o755)
+    return path

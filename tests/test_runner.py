@@ -3,11 +3,13 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import REAL_FLAGS, process_gone
+from helpers import REAL_FLAGS, orchestrate_env, process_gone
 
 from orchestrator.errors import TrainerNotFound
 from orchestrator.events import EpochEvent, ResultEvent, StartEvent
@@ -279,3 +281,95 @@ def test_a_trainer_that_cannot_start_is_a_clear_error(tmp_path: Path) -> None:
         TrainerProcess([str(not_executable), "train"]),
     ):
         pass
+
+
+@pytest.mark.timeout(60)
+def test_a_one_mib_line_on_stderr_or_stdout_does_not_stall_the_run(
+    fake_trainer: FakeTrainer, tmp_path: Path
+) -> None:
+    # One line of 1 MiB on each stream, before the first event and between events: far
+    # more than a pipe holds, with no newline to end a read early.
+    trainer = fake_trainer(
+        """
+        sys.stderr.write("e" * (1 << 20) + "\\n"); sys.stderr.flush()
+        print("o" * (1 << 20), flush=True)
+        start()
+        sys.stderr.write("f" * (1 << 20)); sys.stderr.flush()
+        epoch(1)
+        result()
+        """
+    )
+
+    outcome = run([str(trainer), "train", "--epochs", "1"], tmp_path / "t")
+
+    # The run finishes and counts: the stdout line that is not an event is only kept.
+    assert outcome.failure() is None and outcome.result is not None
+    assert "o" * (1 << 20) in (tmp_path / "t" / "events.jsonl").read_text()
+    # stderr is in the log whole; the tail in memory stays bounded.
+    assert (tmp_path / "t" / "stderr.log").stat().st_size == 2 * (1 << 20) + 1
+    assert sum(len(line) for line in outcome.stderr_tail) <= 64 * 1024
+
+
+@pytest.mark.timeout(60)
+def test_the_trainer_dies_with_its_orchestrator(fake_trainer: FakeTrainer, tmp_path: Path) -> None:
+    pid_file = tmp_path / "trainer.pid"
+    trainer = fake_trainer(
+        f"""
+        open({str(pid_file)!r}, "w").write(str(os.getpid()))
+        start()
+        time.sleep(600)
+        """
+    )
+    # An orchestrator of its own, which the test then kills without warning.
+    script = (
+        "import sys, time\n"
+        "from orchestrator.runner import TrainerProcess\n"
+        f"with TrainerProcess([{str(trainer)!r}, 'train']) as process:\n"
+        "    next(process.events())\n"
+        "    print('running', flush=True)\n"
+        "    time.sleep(600)\n"
+    )
+    orchestrator = subprocess.Popen(
+        [sys.executable, "-c", script], env=orchestrate_env(), stdout=subprocess.PIPE, text=True
+    )
+    assert orchestrator.stdout is not None and orchestrator.stdout.readline() == "running\n"
+    trainer_pid = int(pid_file.read_text())
+
+    orchestrator.kill()
+    orchestrator.wait()
+
+    # The kernel sends the trainer SIGTERM when its parent dies: it does not run on.
+    assert process_gone(trainer_pid, within=10)
+
+
+@pytest.mark.parametrize(
+    ("code", "message", "reason"),
+    [
+        (5, "CUDA out of memory. Tried to allocate 2.00 GiB", "out of memory"),
+        (5, "CUDA was asked for with --device cuda but is not available", "device"),
+        (1, "DefaultCPUAllocator: can't allocate memory: tried 8 bytes", "out of memory"),
+        (1, "index out of range", "crashed"),
+    ],
+)  # fmt: skip
+def test_out_of_memory_is_told_apart(
+    fake_trainer: FakeTrainer, code: int, message: str, reason: str
+) -> None:
+    trainer = fake_trainer(f"emit('error', kind='device', message={message!r}); sys.exit({code})")
+
+    failure = run([str(trainer), "train"]).failure()
+
+    # A device or internal error that names exhausted memory is out of memory.
+    assert failure is not None and failure.reason == reason
+    assert failure.message == message
+
+
+def test_a_sigkill_from_outside_is_a_crash_that_says_who_sends_one(
+    fake_trainer: FakeTrainer,
+) -> None:
+    outcome = run([str(fake_trainer("start(); os.kill(os.getpid(), signal.SIGKILL)")), "train"])
+
+    failure = outcome.failure()
+    # The orchestrator did not send it, so the message points at the usual sender.
+    assert failure is not None and failure.reason == "crashed"
+    assert "SIGKILL from outside the orchestrator" in failure.message
+    assert "out-of-memory killer" in failure.message

@@ -4,18 +4,20 @@ import dataclasses
 import logging
 import math
 import shlex
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pytest
-from helpers import fake_data, process_gone
+from conftest import WRAPPER_BEHAVIOURS
+from helpers import fake_data, process_gone, trainer_processes, wait_until
 from optuna.trial import TrialState
 
 from orchestrator.errors import Interrupted, StudyMismatch
 from orchestrator.registry import SAMPLERS
-from orchestrator.space import CategoricalParam, FloatParam, SearchSpace, cnn_space
+from orchestrator.space import CategoricalParam, FixedParam, FloatParam, SearchSpace, cnn_space
 from orchestrator.study import TrainerFlags, TuneConfig, divergence_penalty, tune
 
 FakeTrainer = Callable[..., Path]
@@ -435,3 +437,89 @@ def test_real_trial_past_its_time_limit_fails_as_timeout(
     # The process is ended and the trial is a FAIL that says why.
     assert trial.state == TrialState.FAIL
     assert trial.user_attrs["fail_reason"] == "timeout"
+
+
+@pytest.mark.real
+@pytest.mark.timeout(300)
+def test_real_every_failure_kind_is_recorded_with_its_stderr_tail(
+    wrapped_trainer: Path, data_dir: Path, tmp_path: Path, marker: str
+) -> None:
+    # One trial per behaviour of the wrapped real trainer, each run once (grid).
+    space = SearchSpace("kinds", (CategoricalParam("behaviour", WRAPPER_BEHAVIOURS),))
+    flags = TrainerFlags(epochs=1, train_limit=1000, val_fraction=0.02, threads=1,
+                         data_dir=data_dir)  # fmt: skip
+    cfg = config(
+        wrapped_trainer, tmp_path, space=space, sampler="grid", flags=flags,
+        trials=len(WRAPPER_BEHAVIOURS),
+    )  # fmt: skip
+
+    summary = tune(cfg)
+    trials = {t.params["behaviour"]: t for t in load(cfg).trials}
+
+    # Every behaviour ran once, and the study went on after each failure.
+    assert summary.ran == len(WRAPPER_BEHAVIOURS) and sorted(trials) == sorted(WRAPPER_BEHAVIOURS)
+    ending = {b: (t.state, t.user_attrs.get("fail_reason")) for b, t in trials.items()}
+    # Each way of failing is told apart; a diverged trial is pruned with its penalty.
+    assert ending == {
+        "ok": (TrialState.COMPLETE, None),
+        "noisy": (TrialState.COMPLETE, None),
+        "crash": (TrialState.FAIL, "crashed"),
+        "oom": (TrialState.FAIL, "out of memory"),
+        "diverge": (TrialState.PRUNED, "diverged"),
+        "data": (TrialState.FAIL, "data error"),
+        "bad-output": (TrialState.FAIL, "bad output"),
+    }
+    # Each failure keeps the tail of stderr and how the process ended.
+    for behaviour in ("crash", "oom", "diverge", "data", "bad-output"):
+        attrs = trials[behaviour].user_attrs
+        assert "stderr_tail" in attrs and "fail_message" in attrs, behaviour
+        assert ("exit_code" in attrs) != ("signal" in attrs), behaviour
+    assert trials["crash"].user_attrs["signal"] == signal.SIGABRT
+    assert trials["oom"].user_attrs["exit_code"] == 1
+    assert "allocate memory" in trials["oom"].user_attrs["fail_message"]
+    assert "/nonexistent/datasets" in trials["data"].user_attrs["stderr_tail"]
+    assert "must be an integer" in trials["bad-output"].user_attrs["fail_message"]
+    # 1 MiB on stderr and a stray stdout line did not stall or fail the run; both are kept.
+    noisy = Path(trials["noisy"].user_attrs["trial_dir"])
+    assert (noisy / "stderr.log").stat().st_size > 1 << 20
+    assert "warming up (not an event)" in (noisy / "events.jsonl").read_text()
+    # No trial is left running, and no trainer process outlives its trial.
+    assert all(t.state.is_finished() for t in trials.values())
+    assert wait_until(lambda: not trainer_processes(marker), within=10)
+
+
+@pytest.mark.real
+@pytest.mark.timeout(300)
+def test_real_tpe_learns_to_avoid_the_region_where_training_diverges(
+    real_trainer: Path, data_dir: Path, tmp_path: Path, marker: str
+) -> None:
+    # SGD with lr over six decades; measured with this trainer on this MNIST subset, every
+    # lr from 70 up diverges in the first epoch. The region above 100 is a third of the
+    # log-range, so random search would put a third of its proposals there.
+    low, high, diverging = 1e-2, 1e4, 100.0
+    space = SearchSpace(
+        "lr-only", (FloatParam("lr", low, high, log=True),), (FixedParam("optimizer", "sgd"),)
+    )
+    flags = TrainerFlags(epochs=1, train_limit=1000, val_fraction=0.02, threads=1,
+                         data_dir=data_dir)  # fmt: skip
+    startup, total = 4, 14
+    cfg = config(
+        real_trainer, tmp_path, space=space, flags=flags, sampler="tpe", trials=total, seed=0,
+        sampler_startup_trials=startup,
+    )  # fmt: skip
+
+    tune(cfg)
+    trials = load(cfg).trials
+    in_region = [t for t in trials if t.params["lr"] >= diverging]
+    proposed = [t for t in trials[startup:] if t.params["lr"] >= diverging]
+    random_share = (math.log(high) - math.log(diverging)) / (math.log(high) - math.log(low))
+
+    # The region is what it was measured to be: every trial there diverged, and was kept
+    # as a PRUNED trial with a penalty, so TPE saw it.
+    assert in_region and all(t.user_attrs.get("fail_reason") == "diverged" for t in in_region)
+    assert all(t.state == TrialState.PRUNED for t in in_region)
+    # After its random start-up trials TPE proposes fewer points there than random search
+    # would (a third of ten, 3.3), since the diverged trials rank below every finished one.
+    # (Seeded, it proposes one.)
+    assert len(proposed) < random_share * (total - startup)
+    assert wait_until(lambda: not trainer_processes(marker), within=10)
