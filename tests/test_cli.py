@@ -11,13 +11,14 @@ import shlex
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import optuna
 import pytest
 from click.testing import CliRunner, Result
-from helpers import REAL_FLAGS, REPO, fake_data, run_orchestrate
+from helpers import REAL_FLAGS, REPO, fake_data, run_orchestrate, trainer_processes
 from optuna.trial import TrialState
 
 from orchestrator.cli import cli
@@ -234,7 +235,7 @@ def test_real_trials_table_shows_every_trial(e2e_study: tuple[Path, list[str]]) 
 @pytest.mark.real
 @pytest.mark.timeout(300)
 def test_real_random_sampler_with_a_median_pruner_prunes(
-    real_trainer: Path, data_dir: Path, tmp_path: Path
+    real_trainer: Path, data_dir: Path, tmp_path: Path, marker: str
 ) -> None:
     # Two trials to compare against, then every worse-than-median trial stops at epoch 1.
     args = ["tune", "--trials", "7", "--sampler", "random", "--seed", "1", "--epochs", "3"]
@@ -248,6 +249,11 @@ def test_real_random_sampler_with_a_median_pruner_prunes(
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert len(states) == 7
     assert TrialState.PRUNED in states and TrialState.COMPLETE in states
+    # A pruned trial says so, with the tail of its stderr; its trainer is gone.
+    pruned = [t for t in load(tmp_path, "cnn-mnist").trials if t.state == TrialState.PRUNED]
+    assert all(t.user_attrs["fail_reason"] == "pruned" for t in pruned)
+    assert all("stderr_tail" in t.user_attrs for t in pruned)
+    assert not trainer_processes(marker)
 
 
 @pytest.mark.real
@@ -388,3 +394,73 @@ def test_real_pass_through_flags_must_match_on_resume(
     assert first.returncode == 0, first.stderr[-2000:]
     assert other.returncode == 2
     assert "extra" in other.stderr and "--hidden" in other.stderr
+
+
+@pytest.mark.real
+@pytest.mark.parametrize(
+    ("case", "words"),
+    [
+        ("no trainer", "not an executable file"),
+        ("a trainer that cannot run", "did not describe its flags"),
+        ("no data", "holds no mnist files"),
+        ("a parameter the trainer lacks", "'learning_rate' is not a flag of the trainer"),
+        ("a choice the trainer lacks", "'lbfgs' is not a --optimizer choice"),
+        ("a grid without points", "the grid sampler needs grid points for 'lr'"),
+        ("a misspelt flag after --", "'--widht' after `--` is not one"),
+    ],
+)
+def test_real_configuration_errors_exit_2_before_any_study(
+    real_trainer: Path, data_dir: Path, tmp_path: Path, marker: str, case: str, words: str
+) -> None:
+    broken = tmp_path / "rust-trainer"
+    broken.write_text("#!/bin/sh\necho 'error while loading shared libraries' >&2\nexit 127\n")
+    broken.chmod(0o755)
+    space = tmp_path / "space.toml"
+    space.write_text(
+        {
+            "a parameter the trainer lacks": '[params.learning_rate]\ntype = "float"\n'
+            "low = 1e-4\nhigh = 1e-1\n",
+            "a choice the trainer lacks": '[params.optimizer]\ntype = "categorical"\n'
+            'choices = ["sgd", "lbfgs"]\n',
+        }.get(case, '[params.lr]\ntype = "float"\nlow = 1e-4\nhigh = 1e-1\n')
+    )
+    args = ["tune", "--trials", "2", "--epochs", "1", "--space", str(space), *REAL_FLAGS]
+    args += ["--data-dir", str(tmp_path / "empty" if case == "no data" else data_dir)]
+    args += {
+        "no trainer": ["--trainer", str(tmp_path / "nope")],
+        "a trainer that cannot run": ["--trainer", str(broken)],
+        "a grid without points": ["--sampler", "grid"],
+        "a misspelt flag after --": ["--", "--widht", "0.5"],
+    }.get(case, [])
+
+    completed = run_orchestrate(args, cwd=tmp_path, env={"RUST_TRAINER": str(real_trainer)})
+
+    # A usage error: exit 2, with a message that names what to fix.
+    assert completed.returncode == 2, completed.stderr[-2000:]
+    assert words in completed.stderr
+    # Found before anything was stored or run: no storage, no study, no trial, no trainer.
+    assert not (tmp_path / "orchestrate.db").exists()
+    assert not (tmp_path / "runs").exists()
+    assert not trainer_processes(marker)
+
+
+@pytest.mark.real
+@pytest.mark.timeout(300)
+def test_real_timeout_bounds_the_study(
+    real_trainer: Path, data_dir: Path, tmp_path: Path, marker: str
+) -> None:
+    args = ["tune", "--trials", "50", "--epochs", "1", "--timeout", "3", "--seed", "0"]
+    args += ["--pruner", "none", "--data-dir", str(data_dir), *REAL_FLAGS]
+
+    started = time.monotonic()
+    completed = run_orchestrate(args, cwd=tmp_path, env={"RUST_TRAINER": str(real_trainer)})
+    seconds = time.monotonic() - started
+    trials = load(tmp_path, "cnn-mnist").trials
+
+    # No trial starts after three seconds; the one running then finishes; tune says why
+    # it stopped short of fifty.
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "stopped: the --timeout of 3 s was reached" in completed.stdout
+    assert 1 <= len(trials) < 50 and seconds < 60
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    assert not trainer_processes(marker)

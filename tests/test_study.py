@@ -425,7 +425,7 @@ def test_real_broken_data_fails_every_trial_and_the_study_goes_on(
 
 @pytest.mark.real
 def test_real_trial_past_its_time_limit_fails_as_timeout(
-    real_trainer: Path, data_dir: Path, tmp_path: Path
+    real_trainer: Path, data_dir: Path, tmp_path: Path, marker: str
 ) -> None:
     # Loading MNIST alone takes longer than a tenth of a second.
     flags = TrainerFlags(epochs=1, train_limit=1000, threads=1, data_dir=data_dir)
@@ -434,9 +434,11 @@ def test_real_trial_past_its_time_limit_fails_as_timeout(
     tune(cfg)
     trial = load(cfg).trials[0]
 
-    # The process is ended and the trial is a FAIL that says why.
+    # The process is ended and the trial is a FAIL that says why, with its stderr tail.
     assert trial.state == TrialState.FAIL
     assert trial.user_attrs["fail_reason"] == "timeout"
+    assert "stderr_tail" in trial.user_attrs
+    assert not trainer_processes(marker)
 
 
 @pytest.mark.real

@@ -1,0 +1,73 @@
+"""What tune checks before it creates a study: the trainer, the data folder, the space."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from orchestrator.errors import DataNotFound, SpaceError, TrainerNotFound
+from orchestrator.preflight import check_data, check_trainer, data_dir_for
+from orchestrator.space import cnn_space
+
+FakeTrainer = Callable[..., Path]
+
+
+def test_the_data_dir_is_the_last_one_the_trainer_would_see(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RUST_TRAINER_DATA_DIR", "/from/env")
+
+    # --data-dir after `--` wins, as the trainer takes a flag's last value ...
+    assert data_dir_for(tmp_path, ["--data-dir", "/later"]) == Path("/later")
+    assert data_dir_for(tmp_path, ["--data-dir=/later"]) == Path("/later")
+    # ... then tune's own --data-dir, then the variable the trainer reads.
+    assert data_dir_for(tmp_path, []) == tmp_path
+    assert data_dir_for(None, []) == Path("/from/env")
+    monkeypatch.delenv("RUST_TRAINER_DATA_DIR")
+    assert data_dir_for(None, []) == Path("data")
+
+
+@pytest.mark.parametrize("layout", ["root", "dataset folder", "gzip"])
+def test_mnist_is_found_where_the_trainer_looks(tmp_path: Path, layout: str) -> None:
+    folder = tmp_path if layout == "dataset folder" else tmp_path / "mnist"
+    folder.mkdir(exist_ok=True)
+    name = "train-images-idx3-ubyte" + (".gz" if layout == "gzip" else "")
+    (folder / name).touch()
+
+    # The root or the dataset folder itself, raw or compressed: no complaint.
+    check_data("mnist", tmp_path)
+
+
+def test_a_folder_without_the_dataset_is_named_with_what_to_do(tmp_path: Path) -> None:
+    # The message names the flag, the folder and the file, and how to get the data.
+    with pytest.raises(DataNotFound) as error:
+        check_data("mnist", tmp_path)
+    assert f"--data-dir {tmp_path} holds no mnist files" in str(error.value)
+    assert "train-images-idx3-ubyte" in str(error.value)
+    assert "orchestrate data download" in str(error.value)
+    # CIFAR-10 is looked for by its first batch file.
+    with pytest.raises(DataNotFound, match=r"data_batch_1\.bin"):
+        check_data("cifar10", tmp_path)
+
+
+def test_a_trainer_that_accepts_the_space_passes(fake_trainer: FakeTrainer) -> None:
+    # The fake describes the flags of the built-in CNN space.
+    check_trainer(fake_trainer(), cnn_space(), ["--epochs", "2"])
+
+
+def test_an_unknown_flag_after_the_double_dash_is_refused(fake_trainer: FakeTrainer) -> None:
+    # Every trial would fail on it; the message names it.
+    with pytest.raises(SpaceError, match="'--widht' after `--` is not one"):
+        check_trainer(fake_trainer(), cnn_space(), ["--widht", "0.5"])
+
+
+def test_a_trainer_that_cannot_describe_itself_is_not_found(tmp_path: Path) -> None:
+    broken = tmp_path / "rust-trainer"
+    broken.write_text("#!/bin/sh\necho 'error while loading shared libraries' >&2\nexit 127\n")
+    broken.chmod(0o755)
+
+    # A binary that cannot even describe its flags cannot run a trial.
+    with pytest.raises(TrainerNotFound, match="did not describe its flags"):
+        check_trainer(broken, cnn_space(), [])
