@@ -46,8 +46,12 @@ def test_tune_help_lists_every_sampler_and_pruner() -> None:
     # The choices come from the registries.
     assert result.exit_code == 0
     assert all(name in result.output for name in [*SAMPLERS, *PRUNERS])
-    # The default storage is documented.
+    # The default storage is documented, and the other kinds of storage.
     assert "sqlite:///orchestrate.db" in result.output
+    assert "postgresql://" in result.output and "journal:///" in result.output
+    # So are the options for parallel, bounded and watched studies.
+    for option in ("--n-jobs", "--trials-per-gpu", "--timeout", "--trial-timeout", "--heartbeat"):
+        assert option in result.output
 
 
 def test_a_missing_trainer_exits_2_with_advice(tmp_path: Path) -> None:

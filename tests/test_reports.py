@@ -88,3 +88,37 @@ def test_each_event_has_a_readable_line() -> None:
     assert event_line(epoch).startswith("epoch 2/3  train_loss 0.5000  val_loss 0.2500")
     assert "val_loss nan" in event_line(result)
     assert "(data): missing" in event_line(ErrorEvent("data", "missing"))
+
+
+def test_queued_trials_are_counted_and_retries_and_divergences_named() -> None:
+    study = optuna.create_study(study_name="queue")
+    dist = {"lr": optuna.distributions.FloatDistribution(1e-4, 10.0, log=True)}
+    study.add_trial(
+        optuna.trial.create_trial(
+            params={"lr": 5.0},
+            distributions=dist,
+            state=TrialState.PRUNED,
+            intermediate_values={1: 4.6},
+            user_attrs={"fail_reason": "diverged", "diverged_at_epoch": 1, "epochs_run": 0},
+        )
+    )
+    study.add_trial(
+        optuna.trial.create_trial(params={"lr": 1e-3}, distributions=dist, state=TrialState.FAIL)
+    )
+    study.add_trial(
+        optuna.trial.create_trial(
+            params={"lr": 1e-3},
+            distributions=dist,
+            state=TrialState.WAITING,
+            system_attrs={"failed_trial": 1, "retry_history": [1]},
+        )
+    )
+    trials = study.trials
+
+    text = render(trials_table(study))
+
+    # A waiting trial is not a row but is counted in the title.
+    assert "study queue (1 queued)" in text and "WAITING" not in text
+    # A diverged trial says so and where; a trial without a reason lost its worker.
+    assert "PRUNED diverged at epoch 1" in trial_line(trials[0])
+    assert "worker lost (heartbeat)" in trial_line(trials[1])
