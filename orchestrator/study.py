@@ -197,6 +197,7 @@ class Objective:
         interrupter: Interrupter | None = None,
         gpus: SlotPool | None = None,
         grid: bool = False,
+        beat: Callable[[int], None] | None = None,
     ) -> None:
         self.trainer = trainer
         self.flags = flags
@@ -207,6 +208,7 @@ class Objective:
         self.interrupter = interrupter or Interrupter()
         self.gpus = gpus
         self.grid = grid
+        self.beat = beat
 
     def command(self, sampled: dict[str, Value]) -> list[str]:
         """The exact trainer command for a sampled point."""
@@ -227,6 +229,11 @@ class Objective:
             _end_early(trial, "grid exhausted", "another worker took the grid's last point")
 
         sampled = self.space.sample(trial)
+        if self.beat is not None:
+            # Optuna's heartbeat thread beats first from its own thread; a trial with no
+            # beat at all is never found stale. Beating here, before the trainer starts,
+            # means a worker killed while its trainer runs always leaves a stale trial.
+            self.beat(trial._trial_id)
         trial_dir = self.study_dir / f"trial-{trial.number:04d}"
         with self._gpu() as gpu:
             env = {CUDA_VISIBLE_DEVICES: gpu} if gpu is not None else {}
@@ -480,6 +487,7 @@ def tune(config: TuneConfig, on_trial: Callable[[FrozenTrial], None] | None = No
                 interrupter=interrupter,
                 gpus=gpus,
                 grid=grid is not None,
+                beat=_heartbeat_of(storage),
             ),
             first_number=first_number if config.n_jobs == 1 else None,
             make_sampler=lambda sampler_seed: _sampler(config, sampler_seed),
@@ -554,6 +562,14 @@ class _Reseeding:
         if expected is not None and trial.number != expected:
             trial.study.sampler = self._make_sampler(self._seed + trial.number)
         return self.objective(trial)
+
+
+def _heartbeat_of(storage: optuna.storages.BaseStorage) -> Callable[[int], None] | None:
+    """The storage's way to record a trial's heartbeat, when it keeps heartbeats."""
+    if isinstance(storage, optuna.storages.RDBStorage) and storage.heartbeat_interval:
+        beat: Callable[[int], None] = storage.record_heartbeat
+        return beat
+    return None
 
 
 def _sampler(config: TuneConfig, seed: int) -> optuna.samplers.BaseSampler:

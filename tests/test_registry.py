@@ -70,8 +70,11 @@ def test_every_sampler_runs_real_trials(
 
     summary = tune(cfg)
 
-    # Each sampler drives two real trainer runs to a finite val_loss.
-    assert summary.states == {"COMPLETE": 2}
+    # Each sampler drives two real trainer runs to a finite val_loss (the grid's other
+    # points wait in the study's queue).
+    assert {state: n for state, n in summary.states.items() if state != "WAITING"} == {
+        "COMPLETE": 2
+    }
     assert summary.best is not None and math.isfinite(summary.best.value or math.nan)
 
 
