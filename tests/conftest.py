@@ -31,6 +31,12 @@ import argparse, json, math, os, signal, subprocess, sys, time
 def emit(event, **fields):
     print(json.dumps({"event": event, **fields}), flush=True)
 
+if sys.argv[1:2] == ["info"]:
+    # As many GPUs as the test says, so the GPU slots can be exercised without one.
+    print(json.dumps({"version": "0.0.0-fake", "cuda_available": True,
+                      "cuda_device_count": int(os.environ.get("FAKE_GPUS", "0"))}))
+    sys.exit(0)
+
 if sys.argv[1:2] == ["describe"]:
     # What tune checks a space against: the flags this fake reads, as the trainer says.
     _described = [(n, "float") for n in ("lr", "dropout", "weight_decay", "momentum")]

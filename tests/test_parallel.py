@@ -6,14 +6,19 @@ from __future__ import annotations
 import shlex
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
 import pytest
-from helpers import marked_processes, run_orchestrate, trainer_processes, wait_until
+from helpers import fake_data, marked_processes, run_orchestrate, trainer_processes, wait_until
 from optuna.trial import TrialState
 
 from orchestrator.parallel import SlotPool, available_cores, threads_per_trial, visible_gpus
+from orchestrator.space import cnn_space
+from orchestrator.study import TrainerFlags, TuneConfig, tune
+
+FakeTrainer = Callable[..., Path]
 
 
 @pytest.mark.parametrize(
@@ -166,3 +171,61 @@ def test_real_n_jobs_2_runs_two_trainers_at_a_time_with_the_cores_split(
     assert second.datetime_start < first.datetime_complete
     # Nothing is left running.
     assert not [pid for pid, _ in marked_processes(marker)]
+
+
+@pytest.mark.timeout(120)
+def test_each_parallel_trial_gets_a_gpu_slot_of_its_own(
+    fake_trainer: FakeTrainer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two GPUs as the trainer reports them, two trials allowed on each, four at a time.
+    monkeypatch.setenv("FAKE_GPUS", "2")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    log = tmp_path / "gpus.log"
+    trainer = fake_trainer(
+        f"""
+        gpu = os.environ["CUDA_VISIBLE_DEVICES"]
+        open({str(log)!r}, "a").write(f"{{gpu}} +1 {{time.monotonic()}}\\n")
+        start()
+        time.sleep(0.3)
+        epoch(1)
+        open({str(log)!r}, "a").write(f"{{gpu}} -1 {{time.monotonic()}}\\n")
+        result()
+        """
+    )
+    cfg = TuneConfig(
+        trainer=trainer,
+        study_name="gpus",
+        storage=f"sqlite:///{tmp_path / 'studies.db'}",
+        trials=8,
+        space=cnn_space(),
+        flags=TrainerFlags(epochs=1, threads=1, data_dir=fake_data(tmp_path)),
+        sampler="random",
+        pruner="none",
+        seed=0,
+        runs_dir=tmp_path / "runs",
+        n_jobs=4,
+        trials_per_gpu=2,
+    )
+
+    tune(cfg)
+    trials = optuna.load_study(study_name="gpus", storage=cfg.storage).trials
+    events = sorted(
+        (float(at), int(change), gpu)
+        for gpu, change, at in (line.split() for line in log.read_text().splitlines())
+    )
+    busy = {"0": 0, "1": 0}
+    most = dict(busy)
+    for _, change, gpu in events:
+        busy[gpu] += change
+        most[gpu] = max(most[gpu], busy[gpu])
+
+    # Every trial ran on one of the two GPUs, and says which, in its re-runnable command too.
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 8
+    for trial in trials:
+        gpu = trial.user_attrs["cuda_visible_devices"]
+        assert gpu in ("0", "1")
+        assert trial.user_attrs["command"].startswith(f"CUDA_VISIBLE_DEVICES={gpu} ")
+        command_txt = Path(trial.user_attrs["trial_dir"]) / "command.txt"
+        assert command_txt.read_text().strip() == trial.user_attrs["command"]
+    # Both GPUs were used, never by more than two trials at once.
+    assert most == {"0": 2, "1": 2}
