@@ -236,6 +236,9 @@ class Objective:
             self.beat(trial._trial_id)
         trial_dir = self.study_dir / f"trial-{trial.number:04d}"
         with self._gpu() as gpu:
+            if self.interrupter.interrupted:
+                # The signal came while this trial waited for a GPU: it never started.
+                _end_early(trial, "interrupted", "the study was stopped before it started")
             env = {CUDA_VISIBLE_DEVICES: gpu} if gpu is not None else {}
             command = self.command(sampled)
             trial.set_user_attr("command", command_line(command, env))
@@ -472,7 +475,7 @@ def tune(config: TuneConfig, on_trial: Callable[[FrozenTrial], None] | None = No
         )
     )
 
-    stop_reason = _why_nothing_to_do(before, missing, grid is not None, config.trials)
+    stop_reason = _why_nothing_to_do(before, missing, grid is not None)
     interrupter = Interrupter()
     started = time.monotonic()
     if stop_reason is None:
@@ -709,7 +712,7 @@ def _queue_grid(study: optuna.Study, grid: dict[str, list[Value]], seed: int) ->
     logger.info("study %r: queued the %d points of its grid", study.study_name, len(points))
 
 
-def _why_nothing_to_do(before: _Progress, missing: int, grid: bool, total: int) -> str | None:
+def _why_nothing_to_do(before: _Progress, missing: int, grid: bool) -> str | None:
     if grid and before.waiting == 0:
         return "the grid is exhausted"
     if missing <= 0:
