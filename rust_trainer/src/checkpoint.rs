@@ -39,16 +39,27 @@ struct Metadata {
     progress: Progress,
 }
 
+/// Flags a resumed run may change: where and how fast it runs, what it reports, and how many
+/// epochs it goes on for. Every other flag shapes the model or its training and must match.
+const MAY_CHANGE: &[&str] = &[
+    "epochs",
+    "data_dir",
+    "device",
+    "threads",
+    "eval_test",
+    "eval_batch_size",
+    "checkpoint",
+    "resume",
+    "amp",
+    "channels_last",
+];
+
 fn architecture(config: &Config) -> serde_json::Value {
-    serde_json::json!({
-        "model": config.model,
-        "dataset": config.dataset,
-        "conv1": config.conv1,
-        "conv2": config.conv2,
-        "hidden": config.hidden,
-        "width": config.width,
-        "optimizer": config.optimizer,
-    })
+    let mut value = serde_json::to_value(config).unwrap_or_default();
+    if let Some(fields) = value.as_object_mut() {
+        fields.retain(|key, _| !MAY_CHANGE.contains(&key.as_str()));
+    }
+    value
 }
 
 pub fn metadata_path(path: &Path) -> PathBuf {
@@ -120,11 +131,21 @@ pub fn restore(
     })?;
     let expected = architecture(config);
     if metadata.architecture != expected {
+        let saved = metadata.architecture.as_object().cloned().unwrap_or_default();
+        let differences: Vec<String> = expected
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(key, value)| saved.get(*key) != Some(*value))
+            .map(|(key, value)| {
+                let was = saved.get(key).map_or("nothing".to_string(), |v| v.to_string());
+                format!("--{} {value} (the checkpoint has {was})", key.replace('_', "-"))
+            })
+            .collect();
         return Err(usage(format!(
-            "--resume ({}) was written for {} but this run is {}; give the same model flags",
+            "--resume ({}) continues another run: {}; give the flags it was started with",
             path.display(),
-            metadata.architecture,
-            expected
+            differences.join(", ")
         )));
     }
 

@@ -26,7 +26,7 @@ pub enum Command {
     /// A flag given twice takes its last value, so a recorded command can be re-run with
     /// one flag changed by appending it.
     #[command(allow_negative_numbers = true, args_override_self = true)]
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Print the libtorch version and whether CUDA is available, as one JSON object.
     Info,
     /// Print every flag of `train` (type, range, default, help) as one JSON object.

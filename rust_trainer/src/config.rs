@@ -321,7 +321,7 @@ mod tests {
         let Command::Train(args) = Cli::try_parse_from(argv)?.command else {
             unreachable!("the train subcommand was given")
         };
-        Config::from_args(args)
+        Config::from_args(*args)
     }
 
     fn message(extra: &[&str]) -> String {

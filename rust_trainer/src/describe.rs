@@ -46,7 +46,7 @@ fn kind_of(parser: &ValueParser) -> &'static str {
         || is(clap::value_parser!(u64).into())
     {
         "int"
-    } else if is(clap::value_parser!(std::path::PathBuf).into()) {
+    } else if is(clap::value_parser!(std::path::PathBuf)) {
         "path"
     } else {
         "string"

@@ -58,7 +58,9 @@ impl ErrorKind {
 pub fn is_out_of_memory(err: &anyhow::Error) -> bool {
     err.chain().any(|cause| {
         let text = cause.to_string().to_lowercase();
-        text.contains("out of memory") || text.contains("cudaerrormemoryallocation")
+        text.contains("out of memory")
+            || text.contains("can't allocate memory")
+            || text.contains("cudaerrormemoryallocation")
     })
 }
 
@@ -93,6 +95,14 @@ mod tests {
     fn out_of_memory_is_a_device_error() {
         let err = anyhow::anyhow!("CUDA out of memory. Tried to allocate 2.00 GiB");
         assert_eq!(ErrorKind::of(&err), ErrorKind::Device);
+    }
+
+    #[test]
+    fn a_failed_cpu_allocation_is_a_device_error() {
+        let err = anyhow::anyhow!(
+            "DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 GB"
+        );
+        assert_eq!(ErrorKind::of(&err).exit_code(), 5);
     }
 
     #[test]

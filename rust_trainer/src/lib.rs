@@ -68,7 +68,7 @@ pub fn run<W: Write>(
             Ok(0)
         }
         Command::Train(args) => {
-            let config = Config::from_args(args)?;
+            let config = Config::from_args(*args)?;
             let outcome = train::run(&config, events, stop)?;
             Ok(match outcome.status {
                 Status::Completed | Status::EarlyStopped => 0,

@@ -24,14 +24,21 @@ fn main() -> ExitCode {
             if err.use_stderr() {
                 let rendered = err.to_string();
                 let first = rendered.lines().next().unwrap_or_default();
-                let message = first.strip_prefix("error: ").unwrap_or(first);
-                let _ = events.error(ErrorKind::Usage, &format!("{message}; see --help"));
+                let message = match first.strip_prefix("error: ") {
+                    Some(message) => format!("{message}; see --help"),
+                    // No subcommand: clap prints the help, whose first line is no error.
+                    None => "a command is required (train, info or describe); see --help".into(),
+                };
+                let _ = events.error(ErrorKind::Usage, &message);
             }
             let _ = err.print();
             return ExitCode::from(u8::try_from(err.exit_code()).unwrap_or(2));
         }
     };
 
+    // A libtorch failure inside tch surfaces as a panic; it is reported below as an error
+    // event with a one-paragraph message, not as a panic report with C++ frames.
+    panic::set_hook(Box::new(|_| {}));
     let stop = match install_signal_handlers() {
         Ok(stop) => stop,
         Err(err) => return fail(&mut events, &err.into()),
@@ -70,8 +77,38 @@ fn install_signal_handlers() -> io::Result<Stop> {
 
 fn fail<W: io::Write>(events: &mut EventWriter<W>, err: &anyhow::Error) -> ExitCode {
     let kind = ErrorKind::of(err);
-    let message = format!("{err:#}");
+    let message = without_backtrace(&format!("{err:#}"));
     eprintln!("rust-trainer: {message}");
     let _ = events.error(kind, &message);
     ExitCode::from(kind.exit_code())
+}
+
+/// libtorch appends its C++ backtrace to every error, and tch's panics wrap the error in
+/// `Torch("...")` with escaped newlines; the user needs the sentence before the frames.
+fn without_backtrace(message: &str) -> String {
+    let message = match message.find("Torch(\"") {
+        Some(start) => &message[start + "Torch(\"".len()..],
+        None => message,
+    };
+    let cut = ["\\nframe #", "\nframe #", "\\nException raised from", "\nException raised from"]
+        .iter()
+        .filter_map(|marker| message.find(marker))
+        .min()
+        .unwrap_or(message.len());
+    message[..cut].trim_end().trim_end_matches("\")").trim_end().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_backtrace;
+
+    #[test]
+    fn libtorch_frames_are_cut_from_messages() {
+        let panic = "called `Result::unwrap()` on an `Err` value: Torch(\"[enforce fail] \
+                     can't allocate memory: 8 bytes\\nframe #0: c10::x + 0x6a\\n\")";
+        assert_eq!(without_backtrace(panic), "[enforce fail] can't allocate memory: 8 bytes");
+        let plain = "shape mismatch\nException raised from foo at bar.cpp:1\nframe #0: x";
+        assert_eq!(without_backtrace(plain), "shape mismatch");
+        assert_eq!(without_backtrace("no frames here"), "no frames here");
+    }
 }

@@ -384,6 +384,10 @@ pub fn run<W: Write>(
         }
     }
 
+    // A signal that came during the last validation still stops the run before the test.
+    if stop.requested().is_some() && outcome.status != Status::Diverged {
+        outcome.status = Status::Stopped;
+    }
     let finished = matches!(outcome.status, Status::Completed | Status::EarlyStopped);
     if let (true, Some((_, best_model)), Some(test)) =
         (finished, best.as_ref(), splits.test.as_ref())

@@ -232,3 +232,27 @@ fn sigterm_writes_a_stopped_result_and_exits_143() {
     assert!(result["val_loss"].as_f64().is_some());
     assert_eq!(code, Some(143));
 }
+
+#[test]
+fn a_model_too_big_for_memory_exits_5_without_frames() {
+    let output = train(&["--hidden", "2000000000"]);
+    // Out of memory is a device problem, reported in one sentence: no panic, no C++ frames.
+    assert_eq!(output.status.code(), Some(5));
+    let error = find(&events(&output), "error").unwrap().clone();
+    assert_eq!(error["kind"], "device");
+    let message = error["message"].as_str().unwrap();
+    assert!(message.contains("can't allocate memory") && !message.contains("frame #"), "{message}");
+    assert!(!String::from_utf8_lossy(&output.stderr).contains("panicked"));
+}
+
+#[test]
+fn resuming_with_another_lr_is_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("run.safetensors");
+    assert!(train(&["--checkpoint", path.to_str().unwrap()]).status.success());
+    let output = train(&["--resume", path.to_str().unwrap(), "--lr", "0.01", "--epochs", "2"]);
+    // Only flags that do not change the training may differ; the message names the one that did.
+    assert_eq!(output.status.code(), Some(2));
+    let error = find(&events(&output), "error").unwrap().clone();
+    assert!(error["message"].as_str().unwrap().contains("--lr 0.01 (the checkpoint has 0.001)"));
+}

@@ -15,7 +15,7 @@ fn a_few_steps_lower_the_loss() {
     let argv =
         ["rust-trainer", "train", "--train-limit", "256", "--data-dir", data_dir.to_str().unwrap()];
     let Command::Train(args) = Cli::parse_from(argv).command else { unreachable!() };
-    let config = Config::from_args(args).unwrap();
+    let config = Config::from_args(*args).unwrap();
     tch::manual_seed(0);
     let splits = data::load(&config, Device::Cpu).unwrap();
     let vs = nn::VarStore::new(Device::Cpu);
