@@ -138,7 +138,7 @@ def train(trainer: Path | None, trainer_args: tuple[str, ...]) -> NoReturn:
     Example:
       orchestrate train --model cnn --dataset mnist --epochs 3 --data-dir ../shared/datasets
 
-    The exit code is the trainer's. `orchestrate train -- --help` shows the trainer's flags.
+    The exit code is the trainer's. `rust-trainer train --help` lists the trainer's flags.
     --trainer, when given, comes before the trainer's flags.
     """
     command = [str(find_trainer(trainer)), "train", *trainer_args]

@@ -300,7 +300,8 @@ class Objective:
                     best = event
 
                 trial.report(event.val_loss, step=event.epoch)
-                if trial.should_prune():
+                # After the last epoch the work is done: pruning then would only discard it.
+                if event.epoch < event.epochs and trial.should_prune():
                     process.end()
                     ended = process.wait()
                     _set_user_attrs(
