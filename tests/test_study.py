@@ -477,7 +477,8 @@ def test_real_every_failure_kind_is_recorded_with_its_stderr_tail(
         assert "stderr_tail" in attrs and "fail_message" in attrs, behaviour
         assert ("exit_code" in attrs) != ("signal" in attrs), behaviour
     assert trials["crash"].user_attrs["signal"] == signal.SIGABRT
-    assert trials["oom"].user_attrs["exit_code"] == 1
+    # The trainer itself reports a failed allocation as a device problem: exit 5.
+    assert trials["oom"].user_attrs["exit_code"] == 5
     assert "allocate memory" in trials["oom"].user_attrs["fail_message"]
     assert "/nonexistent/datasets" in trials["data"].user_attrs["stderr_tail"]
     assert "must be an integer" in trials["bad-output"].user_attrs["fail_message"]
