@@ -482,7 +482,7 @@ def verify(names: str, data_dir: Path) -> None:
     Exits 1 when a file is missing or fails its check.
     """
     chosen = datasets.DATASETS if names == "all" else (names,)
-    failed = False
+    failed = []
     for name in chosen:
         folder = datasets.locate(name, data_dir)
         check_files = datasets.verify_mnist if name == "mnist" else datasets.verify_cifar10
@@ -490,9 +490,15 @@ def verify(names: str, data_dir: Path) -> None:
         for check in checks:
             mark = "[green]ok[/]" if check.ok else "[bold red]FAIL[/]"
             stdout.print(f"{mark}  {check.path}  {check.detail if not check.ok else ''}".rstrip())
-            failed |= not check.ok
+        if not all(check.ok for check in checks):
+            failed.append(name)
     if failed:
-        raise DataError("some dataset files are missing or damaged; see above")
+        which = failed[0] if len(failed) == 1 else "all"
+        raise DataError(
+            f"{' and '.join(failed)}: files missing or damaged (see above); fetch them with "
+            f"`orchestrate data download --dataset {which} --dest {data_dir}`, or point "
+            "--data-dir at the folder that holds them"
+        )
 
 
 def main() -> None:

@@ -124,4 +124,6 @@ def test_verify_exits_1_when_files_are_missing(tmp_path: Path) -> None:
     # A missing dataset is reported file by file, and the exit code says so.
     assert completed.returncode == 1
     assert "data_batch_1.bin" in completed.stdout and "missing" in completed.stdout
-    assert "missing or damaged" in completed.stderr
+    assert "cifar10: files missing or damaged" in completed.stderr
+    # The message names the command that fetches the missing files.
+    assert f"orchestrate data download --dataset cifar10 --dest {tmp_path}" in completed.stderr
