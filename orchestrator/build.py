@@ -78,4 +78,30 @@ def build_trainer(profile: Profile = "release") -> Path:
     binary = built_binary(root, profile)
     if not binary.is_file():
         raise BuildFailed(f"cargo build succeeded but {binary} does not exist")
+    if profile == "release":
+        refresh_installed_copy(binary)
     return binary
+
+
+def installed_copy() -> Path:
+    """Where `pip install` (editable or not) puts the trainer: beside this interpreter."""
+    return Path(sys.executable).parent / BINARY_NAME
+
+
+def refresh_installed_copy(binary: Path, installed: Path | None = None) -> bool:
+    """Replaces an installed trainer with a fresh build; True when it did.
+
+    An editable install copies the binary once, and the trainer lookup prefers the installed
+    copy, so without this a rebuild would go unused. A missing copy stays missing: installing
+    is pip's job. The copy lands under a temporary name and is renamed over the old one, so a
+    trainer that is running keeps its file and a reader never sees half a binary.
+    """
+    installed = installed or installed_copy()
+    if not installed.is_file() or installed.resolve() == binary.resolve():
+        return False
+
+    staging = installed.with_name(f".{installed.name}.new")
+    shutil.copy2(binary, staging)
+    os.replace(staging, installed)
+    logger.info("updated the installed trainer %s", installed)
+    return True

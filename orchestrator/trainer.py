@@ -4,8 +4,9 @@ The order is: an explicit path (`--trainer`), the RUST_TRAINER environment varia
 binary installed beside this Python (`pip install .` puts it there) or on PATH, and last
 the release build of a source checkout. An explicit path or variable that points nowhere
 is an error rather than a reason to look further: the user asked for that binary. An
-installed binary older than the checkout's build still wins, with a warning, since an
-editable install copies the binary once and `orchestrate build` does not update that copy.
+installed binary older than the checkout's build still wins, with a warning: an editable
+install copies the binary once, and only `orchestrate build` (not a bare `cargo build`)
+refreshes that copy.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ def find_trainer(explicit: Path | None = None) -> Path:
             if built is not None and candidate != built and _newer(built, candidate):
                 logger.warning(
                     "using the installed trainer %s, which is older than this checkout's "
-                    "build %s; pass --trainer (or set %s) to use the build, or reinstall",
+                    "build %s; run `orchestrate build` to refresh it, or pass --trainer "
+                    "(or set %s)",
                     candidate,
                     built,
                     TRAINER_ENV,

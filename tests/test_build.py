@@ -37,6 +37,8 @@ def test_build_runs_cargo_in_the_checkout(monkeypatch: pytest.MonkeyPatch, tmp_p
     monkeypatch.setattr(subprocess, "run", fake_run)
     monkeypatch.setattr(shutil, "which", lambda _: sys.executable)
     monkeypatch.setenv("CARGO_TARGET_DIR", str(tmp_path))
+    # This fake build must not replace the real installed trainer.
+    monkeypatch.setattr(build, "installed_copy", lambda: tmp_path / "bin" / "rust-trainer")
     binary = tmp_path / "release" / "rust-trainer"
     binary.parent.mkdir()
     binary.touch()
@@ -71,3 +73,27 @@ def test_orchestrate_build_prints_the_binary(real_trainer: Path) -> None:
     # Exit 0, and stdout is exactly the path of the binary.
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert completed.stdout == f"{real_trainer}\n"
+
+
+def test_a_release_build_refreshes_the_installed_copy(tmp_path: Path) -> None:
+    built = tmp_path / "target" / "rust-trainer"
+    built.parent.mkdir()
+    built.write_bytes(b"new build")
+    installed = tmp_path / "bin" / "rust-trainer"
+    installed.parent.mkdir()
+    installed.write_bytes(b"old copy")
+
+    # The installed copy now holds the new build, and no staging file is left behind.
+    assert build.refresh_installed_copy(built, installed)
+    assert installed.read_bytes() == b"new build"
+    assert sorted(p.name for p in installed.parent.iterdir()) == ["rust-trainer"]
+
+
+def test_no_installed_copy_is_created_where_there_was_none(tmp_path: Path) -> None:
+    built = tmp_path / "rust-trainer"
+    built.write_bytes(b"new build")
+    installed = tmp_path / "bin" / "rust-trainer"
+
+    # Installing is pip's job: without a copy there is nothing to refresh.
+    assert not build.refresh_installed_copy(built, installed)
+    assert not installed.exists()
