@@ -33,6 +33,7 @@ from orchestrator.errors import (
     StudyNotFound,
     TrainerNotFound,
 )
+from orchestrator.export import FORMATS, trials_csv, trials_json
 from orchestrator.parallel import available_cores, threads_per_trial
 from orchestrator.registry import PRUNERS, SAMPLERS, describe
 from orchestrator.reports import best_lines, best_trial, event_line, trial_line, trials_table
@@ -412,9 +413,22 @@ def best(study_name: str | None, storage: str, as_json: bool) -> None:
 @cli.command()
 @study_option
 @storage_option
-def trials(study_name: str | None, storage: str) -> None:
-    """Show a table of the study's trials: state, val_loss, val_accuracy, params, duration."""
-    table = trials_table(load_study(_study_name(study_name, storage), storage))
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(FORMATS),
+    default="table",
+    show_default=True,
+    help="table: for reading; csv or json: every trial with its values, params, "
+    "intermediate values, duration and user attrs, for other programs (json for jq).",
+)
+def trials(study_name: str | None, storage: str, output_format: str) -> None:
+    """Show the study's trials: state, val_loss, val_accuracy, params, duration."""
+    study = load_study(_study_name(study_name, storage), storage)
+    if output_format != "table":
+        click.echo(trials_csv(study) if output_format == "csv" else trials_json(study), nl=False)
+        return
+    table = trials_table(study)
     # Piped into a file or another program, a table needs no wrapping to a terminal's width.
     console = stdout if stdout.is_terminal else Console(width=1000, highlight=False)
     console.print(table)
