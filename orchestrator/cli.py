@@ -26,6 +26,7 @@ from orchestrator.errors import (
     Interrupted,
     NoCompletedTrial,
     NotACheckout,
+    NothingToReport,
     OrchestratorError,
     SpaceError,
     StorageError,
@@ -34,6 +35,7 @@ from orchestrator.errors import (
     TrainerNotFound,
 )
 from orchestrator.export import FORMATS, trials_csv, trials_json
+from orchestrator.html_report import HTML_NAME, default_out_dir, write_report
 from orchestrator.parallel import available_cores, threads_per_trial
 from orchestrator.registry import PRUNERS, SAMPLERS, describe
 from orchestrator.reports import best_lines, best_trial, event_line, trial_line, trials_table
@@ -61,6 +63,7 @@ _EXIT_CODES: dict[type[OrchestratorError], int] = {
     StudyMismatch: 2,
     SpaceError: 2,
     DataNotFound: 2,
+    NothingToReport: 2,
     BuildFailed: 1,
     NoCompletedTrial: 1,
     DataError: 1,
@@ -432,6 +435,34 @@ def trials(study_name: str | None, storage: str, output_format: str) -> None:
     # Piped into a file or another program, a table needs no wrapping to a terminal's width.
     console = stdout if stdout.is_terminal else Console(width=1000, highlight=False)
     console.print(table)
+
+
+@cli.command()
+@study_option
+@storage_option
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help=f"Folder for {HTML_NAME} and the PNGs. Default: reports/STUDY.",
+)
+def report(study_name: str | None, storage: str, out_dir: Path | None) -> None:
+    """Write a study's report: one self-contained HTML file and a PNG per plot.
+
+    The HTML file holds a summary (best trial or Pareto front, trials per state) and
+    interactive plots (optimisation history, parameter importances, parallel coordinates,
+    slices, learning curves, and the Pareto front with several objectives); it embeds
+    plotly.js, so it opens from disk without a network. Prints the paths it wrote.
+    """
+    name = _study_name(study_name, storage)
+    study = load_study(name, storage)
+    written = write_report(study, out_dir or default_out_dir(name))
+
+    click.echo(written.html)
+    for png in written.pngs:
+        click.echo(png)
+    for note in written.skipped:
+        stderr.print(f"left out: {note}", markup=False)
 
 
 @cli.group()

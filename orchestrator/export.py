@@ -15,6 +15,7 @@ import csv
 import io
 import json
 import math
+import warnings
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -37,9 +38,16 @@ _FIXED_COLUMNS = (
 
 
 def objective_names(study: optuna.Study) -> list[str]:
-    """The names of the study's objectives: those it recorded, else `val_loss` for a
-    single objective (what `tune` minimises), else `objective 0`, `objective 1`, ..."""
+    """The names of the study's objectives: those it recorded (metric names, or a list in
+    its user attributes), else `val_loss` for a single objective (what `tune` minimises),
+    else `objective 0`, `objective 1`, ..."""
     count = len(study.directions)
+    # Optuna's own place for them (Study.set_metric_names) first.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        recorded = study.metric_names
+    if recorded is not None and len(recorded) == count:
+        return list(recorded)
     attrs = study.user_attrs
     settings = attrs.get("settings")
     places = [attrs, settings] if isinstance(settings, dict) else [attrs]
