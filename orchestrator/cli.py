@@ -19,8 +19,10 @@ from rich.console import Console
 
 from orchestrator import __version__, datasets
 from orchestrator.build import build_trainer
+from orchestrator.dashboard import DEFAULT_HOST, DEFAULT_PORT, open_dashboard
 from orchestrator.errors import (
     BuildFailed,
+    DashboardError,
     DataError,
     DataNotFound,
     Interrupted,
@@ -64,6 +66,7 @@ _EXIT_CODES: dict[type[OrchestratorError], int] = {
     SpaceError: 2,
     DataNotFound: 2,
     NothingToReport: 2,
+    DashboardError: 2,
     BuildFailed: 1,
     NoCompletedTrial: 1,
     DataError: 1,
@@ -463,6 +466,44 @@ def report(study_name: str | None, storage: str, out_dir: Path | None) -> None:
         click.echo(png)
     for note in written.skipped:
         stderr.print(f"left out: {note}", markup=False)
+
+
+@cli.command()
+@click.option(
+    "--study",
+    "study_name",
+    metavar="NAME",
+    help="The study to open at. Default: the storage's only study, else the list.",
+)
+@storage_option
+@click.option(
+    "--host",
+    default=DEFAULT_HOST,
+    show_default=True,
+    help="Address to listen on; the dashboard has no login, so keep it local unless "
+    "the network is trusted.",
+)
+@click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(0, 65535))
+def dashboard(study_name: str | None, storage: str, host: str, port: int) -> None:
+    """Serve optuna-dashboard on the study's storage until Ctrl-C.
+
+    The dashboard shows every study in the storage, live, while `tune` runs: history,
+    importances, learning curves, each trial's parameters and attributes.
+    """
+    opened = open_storage(storage, create=False)
+    names = study_names(opened)
+    if study_name is not None and study_name not in names:
+        raise StudyNotFound(
+            f"no study {study_name!r} in {storage} (studies there: {', '.join(names) or 'none'})"
+        )
+    if not names:
+        raise StudyNotFound(f"{storage} holds no study yet; run `orchestrate tune` first")
+    name = study_name or (names[0] if len(names) == 1 else None)
+    study_id = opened.get_study_id_from_name(name) if name is not None else None
+
+    server = open_dashboard(opened, host, port, study_id)
+    stderr.print(f"optuna-dashboard at {server.url} (Ctrl-C to stop)", markup=False)
+    server.serve()
 
 
 @cli.group()
