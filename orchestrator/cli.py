@@ -39,6 +39,7 @@ from orchestrator.errors import (
 from orchestrator.export import FORMATS, trials_csv, trials_json
 from orchestrator.html_report import HTML_NAME, default_out_dir, write_report
 from orchestrator.parallel import available_cores, threads_per_trial
+from orchestrator.progress import shown_on as progress_bar
 from orchestrator.registry import PRUNERS, SAMPLERS, describe
 from orchestrator.reports import best_lines, best_trial, event_line, trial_line, trials_table
 from orchestrator.runner import TrainerProcess
@@ -384,9 +385,13 @@ def tune(
         trials_per_gpu=trials_per_gpu,
         heartbeat=heartbeat,
     )
-    summary = tune_study(
-        config, on_trial=lambda trial: stderr.print(trial_line(trial), markup=False)
-    )
+    # On a terminal a progress bar stays below the trials' lines, printed above it.
+    with progress_bar(stderr) as progress:
+        summary = tune_study(
+            config,
+            on_trial=lambda trial: stderr.print(trial_line(trial), markup=False),
+            watcher=progress,
+        )
 
     counts = ", ".join(f"{n} {state}" for state, n in summary.states.items())
     click.echo(f"study {summary.study_name} in {summary.storage} (seed {summary.seed})")
