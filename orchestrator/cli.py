@@ -19,13 +19,16 @@ from rich.console import Console
 
 from orchestrator import __version__, datasets
 from orchestrator.build import build_trainer
+from orchestrator.dashboard import DEFAULT_HOST, DEFAULT_PORT, open_dashboard
 from orchestrator.errors import (
     BuildFailed,
+    DashboardError,
     DataError,
     DataNotFound,
     Interrupted,
     NoCompletedTrial,
     NotACheckout,
+    NothingToReport,
     OrchestratorError,
     SpaceError,
     StorageError,
@@ -33,7 +36,10 @@ from orchestrator.errors import (
     StudyNotFound,
     TrainerNotFound,
 )
+from orchestrator.export import FORMATS, trials_csv, trials_json
+from orchestrator.html_report import HTML_NAME, default_out_dir, write_report
 from orchestrator.parallel import available_cores, threads_per_trial
+from orchestrator.progress import shown_on as progress_bar
 from orchestrator.registry import PRUNERS, SAMPLERS, describe
 from orchestrator.reports import best_lines, best_trial, event_line, trial_line, trials_table
 from orchestrator.runner import TrainerProcess
@@ -60,6 +66,8 @@ _EXIT_CODES: dict[type[OrchestratorError], int] = {
     StudyMismatch: 2,
     SpaceError: 2,
     DataNotFound: 2,
+    NothingToReport: 2,
+    DashboardError: 2,
     BuildFailed: 1,
     NoCompletedTrial: 1,
     DataError: 1,
@@ -377,9 +385,13 @@ def tune(
         trials_per_gpu=trials_per_gpu,
         heartbeat=heartbeat,
     )
-    summary = tune_study(
-        config, on_trial=lambda trial: stderr.print(trial_line(trial), markup=False)
-    )
+    # On a terminal a progress bar stays below the trials' lines, printed above it.
+    with progress_bar(stderr) as progress:
+        summary = tune_study(
+            config,
+            on_trial=lambda trial: stderr.print(trial_line(trial), markup=False),
+            watcher=progress,
+        )
 
     counts = ", ".join(f"{n} {state}" for state, n in summary.states.items())
     click.echo(f"study {summary.study_name} in {summary.storage} (seed {summary.seed})")
@@ -412,12 +424,91 @@ def best(study_name: str | None, storage: str, as_json: bool) -> None:
 @cli.command()
 @study_option
 @storage_option
-def trials(study_name: str | None, storage: str) -> None:
-    """Show a table of the study's trials: state, val_loss, val_accuracy, params, duration."""
-    table = trials_table(load_study(_study_name(study_name, storage), storage))
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(FORMATS),
+    default="table",
+    show_default=True,
+    help="table: for reading; csv or json: every trial with its values, params, "
+    "intermediate values, duration and user attrs, for other programs (json for jq).",
+)
+def trials(study_name: str | None, storage: str, output_format: str) -> None:
+    """Show the study's trials: state, val_loss, val_accuracy, params, duration."""
+    study = load_study(_study_name(study_name, storage), storage)
+    if output_format != "table":
+        click.echo(trials_csv(study) if output_format == "csv" else trials_json(study), nl=False)
+        return
+    table = trials_table(study)
     # Piped into a file or another program, a table needs no wrapping to a terminal's width.
     console = stdout if stdout.is_terminal else Console(width=1000, highlight=False)
     console.print(table)
+
+
+@cli.command()
+@study_option
+@storage_option
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help=f"Folder for {HTML_NAME} and the PNGs. Default: reports/STUDY.",
+)
+def report(study_name: str | None, storage: str, out_dir: Path | None) -> None:
+    """Write a study's report: one self-contained HTML file and a PNG per plot.
+
+    The HTML file holds a summary (best trial or Pareto front, trials per state) and
+    interactive plots (optimisation history, parameter importances, parallel coordinates,
+    slices, learning curves, and the Pareto front with several objectives); it embeds
+    plotly.js, so it opens from disk without a network. Prints the paths it wrote.
+    """
+    name = _study_name(study_name, storage)
+    study = load_study(name, storage)
+    written = write_report(study, out_dir or default_out_dir(name))
+
+    click.echo(written.html)
+    for png in written.pngs:
+        click.echo(png)
+    for note in written.skipped:
+        stderr.print(f"left out: {note}", markup=False)
+
+
+@cli.command()
+@click.option(
+    "--study",
+    "study_name",
+    metavar="NAME",
+    help="The study to open at. Default: the storage's only study, else the list.",
+)
+@storage_option
+@click.option(
+    "--host",
+    default=DEFAULT_HOST,
+    show_default=True,
+    help="Address to listen on; the dashboard has no login, so keep it local unless "
+    "the network is trusted.",
+)
+@click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(0, 65535))
+def dashboard(study_name: str | None, storage: str, host: str, port: int) -> None:
+    """Serve optuna-dashboard on the study's storage until Ctrl-C.
+
+    The dashboard shows every study in the storage, live, while `tune` runs: history,
+    importances, learning curves, each trial's parameters and attributes.
+    """
+    opened = open_storage(storage, create=False)
+    names = study_names(opened)
+    if study_name is not None and study_name not in names:
+        raise StudyNotFound(
+            f"no study {study_name!r} in {storage} (studies there: {', '.join(names) or 'none'})"
+        )
+    if not names:
+        raise StudyNotFound(f"{storage} holds no study yet; run `orchestrate tune` first")
+    name = study_name or (names[0] if len(names) == 1 else None)
+    study_id = opened.get_study_id_from_name(name) if name is not None else None
+
+    server = open_dashboard(opened, host, port, study_id)
+    stderr.print(f"optuna-dashboard at {server.url} (Ctrl-C to stop)", markup=False)
+    server.serve()
 
 
 @cli.group()

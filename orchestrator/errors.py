@@ -40,6 +40,14 @@ class NoCompletedTrial(OrchestratorError):
     """The study has no completed trial to report."""
 
 
+class NothingToReport(OrchestratorError):
+    """The study has no completed trial, so a report would have nothing to show."""
+
+
+class DashboardError(OrchestratorError):
+    """The dashboard cannot listen where asked (a port in use, a bad host)."""
+
+
 class DataError(OrchestratorError):
     """A dataset could not be fetched, or a file failed its check."""
 

@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -53,6 +54,9 @@ from orchestrator.runner import Failure, RunOutcome, TrainerProcess, command_lin
 from orchestrator.space import SearchSpace, Value
 from orchestrator.storage import Heartbeat, fail_stale_trials, open_storage
 from orchestrator.trainer import trainer_info
+
+if TYPE_CHECKING:
+    from orchestrator.progress import TuneWatcher
 
 logger = logging.getLogger(__name__)
 
@@ -445,8 +449,13 @@ def _queue_again(study: optuna.Study, trial: FrozenTrial) -> None:
     )
 
 
-def tune(config: TuneConfig, on_trial: Callable[[FrozenTrial], None] | None = None) -> TuneSummary:
-    """Runs the trials the study still lacks to reach `config.trials` counted trials.
+def tune(
+    config: TuneConfig,
+    on_trial: Callable[[FrozenTrial], None] | None = None,
+    watcher: TuneWatcher | None = None,
+) -> TuneSummary:
+    """Runs the trials the study still lacks to reach `config.trials` counted trials;
+    `watcher` (a progress bar) hears when the run begins and each trial starts and ends.
 
     Everything that can be checked without running a trial is checked before the storage
     is touched: the trainer, the data folder and the space.
@@ -502,10 +511,15 @@ def tune(config: TuneConfig, on_trial: Callable[[FrozenTrial], None] | None = No
         ]
         if on_trial is not None:
             callbacks.append(lambda _study, trial: on_trial(trial))
+        run_trial: Callable[[optuna.Trial], float] = objective
+        if watcher is not None:
+            watcher.begin(study, config.trials)
+            run_trial = watcher.watching(objective)
+            callbacks.append(watcher.trial_finished)
         # After a second signal the trainers are killed and Optuna has recorded the trial.
         with interrupter.handling_signals(), contextlib.suppress(SecondSignal):
             study.optimize(
-                objective,
+                run_trial,
                 n_trials=missing,
                 timeout=config.timeout,
                 n_jobs=config.n_jobs,

@@ -300,3 +300,22 @@ def wrapped_trainer(real_trainer: Path, tmp_path: Path) -> Path:
     )
     path.chmod(0o755)
     return path
+
+
+@pytest.fixture(scope="session")
+def real_study(
+    real_trainer: Path, data_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, str, str]:
+    """A five-trial study of the real trainer on MNIST with two completed trials and three
+    pruned after epoch 1 (random sampler, seed 1, median pruner after two trials), for the
+    commands that read a study; returns its folder, storage URL and name."""
+    from helpers import REAL_FLAGS
+
+    cwd = tmp_path_factory.mktemp("real-study")
+    storage = f"sqlite:///{cwd / 'real.db'}"
+    args = ["tune", "--study", "real", "--storage", storage, "--trials", "5", "--epochs", "2"]
+    args += ["--sampler", "random", "--seed", "1", "--pruner", "median"]
+    args += ["--pruner-startup-trials", "2", "--data-dir", str(data_dir), *REAL_FLAGS]
+    completed = run_orchestrate(args, cwd=cwd, env={"RUST_TRAINER": str(real_trainer)})
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return cwd, storage, "real"
