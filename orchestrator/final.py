@@ -279,22 +279,28 @@ def run_final(
     switches = {spec.flag for spec in described if spec.kind == "bool"}
     facts = provenance.trainer_facts(config.trainer)
 
+    # Every seed already tested with other settings is refused before anything runs.
+    for trial, argv in plans:
+        epochs, _ = final_epochs(trial, argv[argv.index("train") + 1 :])
+        settings = {"epochs": epochs, "train_limit": config.train_limit}
+        for seed in () if config.again else config.seeds:
+            previous = _recorded_runs(study, trial.number).get(str(seed))
+            if isinstance(previous, dict) and previous.get("ok"):
+                _check_same_settings(trial.number, seed, previous, settings)
+
     configurations = []
     for trial, argv in plans:
         args = argv[argv.index("train") + 1 :]
         epochs, reason = final_epochs(trial, args)
         key = f"{ATTR_PREFIX}{trial.number}"
-        stored = study.user_attrs.get(key)
-        record: dict[str, object] = stored if isinstance(stored, dict) else {}
-        stored_runs = record.get("runs")
-        runs_by_seed = dict(stored_runs) if isinstance(stored_runs, dict) else {}
+        runs_by_seed = _recorded_runs(study, trial.number)
         settings = {"epochs": epochs, "train_limit": config.train_limit}
 
         runs = []
         for seed in config.seeds:
             previous = runs_by_seed.get(str(seed))
-            if isinstance(previous, dict) and previous.get("ok") and not config.again:
-                _check_same_settings(trial.number, seed, previous, settings)
+            tested = isinstance(previous, dict) and bool(previous.get("ok"))
+            if isinstance(previous, dict) and tested and not config.again:
                 run = SeedRun.from_json(previous)
             else:
                 checkpoint = (
@@ -313,10 +319,12 @@ def run_final(
                 run = _run_seed(command, seed, checkpoint.with_suffix(""), config.timeout)
                 run = replace(run, provenance={**facts.attrs(), "argv": command})
                 # Stored at once: a later failure or interrupt keeps this seed's test result.
-                runs_by_seed[str(seed)] = {**run.to_json(), **settings}
-                study.set_user_attr(
-                    key, {"trial": trial.number, "params": trial.params, "runs": runs_by_seed}
-                )
+                # A failed --again keeps the earlier result on record.
+                if run.ok or not tested:
+                    runs_by_seed[str(seed)] = {**run.to_json(), **settings}
+                    study.set_user_attr(
+                        key, {"trial": trial.number, "params": trial.params, "runs": runs_by_seed}
+                    )
                 if on_run is not None:
                     on_run(trial.number, run)
             runs.append(run)
@@ -375,18 +383,34 @@ def run_line(run: SeedRun) -> str:
     )
 
 
+def _recorded_runs(study: optuna.Study, trial: int) -> dict[str, object]:
+    """The final runs recorded for `trial`, by seed (as a string: JSON keys)."""
+    record = study.user_attrs.get(f"{ATTR_PREFIX}{trial}")
+    runs = record.get("runs") if isinstance(record, dict) else None
+    return dict(runs) if isinstance(runs, dict) else {}
+
+
+# How each setting of a final run is spelt in messages.
+_SETTING_FLAGS = {"epochs": "--epochs", "train_limit": "--train-limit"}
+
+
 def _check_same_settings(
     trial: int, seed: int, previous: Mapping[str, object], settings: Mapping[str, object]
 ) -> None:
     different = {k: previous.get(k) for k, v in settings.items() if previous.get(k) != v}
     if different:
-        was = ", ".join(f"{k} {v}" for k, v in different.items())
-        now = ", ".join(f"{k} {settings[k]}" for k in different)
+        was = ", ".join(f"{_SETTING_FLAGS[k]} {_text(v)}" for k, v in different.items())
+        now = ", ".join(f"{_SETTING_FLAGS[k]} {_text(settings[k])}" for k in different)
         raise TrialNotUsable(
             f"trial {trial} with seed {seed} was already tested with {was} (now {now}); its "
             "recorded result stands, so pass --again to train and test it again with these "
             "settings"
         )
+
+
+def _text(value: object) -> str:
+    # No --train-limit means the whole training file.
+    return "all" if value is None else str(value)
 
 
 def _run_seed(command: list[str], seed: int, log_dir: Path, timeout: float | None) -> SeedRun:

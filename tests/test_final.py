@@ -102,7 +102,7 @@ def test_final_tests_each_seed_once_and_records_it(tuned: str, tmp_path: Path) -
     other = _final(storage, out, "--train-limit", "200")
     # Other settings for a tested seed are refused, naming --again, before anything runs.
     assert other.returncode == 2, other.stderr[-3000:]
-    assert "--again" in other.stderr and "train_limit 300" in other.stderr
+    assert "--again" in other.stderr and "--train-limit 300" in other.stderr
     assert [Path(run["checkpoint"]).stat().st_mtime_ns for run in runs] == mtimes
 
     again = _final(storage, out, "--again", "--seeds", "1")
