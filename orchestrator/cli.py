@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 import click
 import optuna
 from rich.console import Console
+from rich.markup import escape
 
 from orchestrator import __version__, datasets
 from orchestrator.build import build_trainer
@@ -30,17 +31,30 @@ from orchestrator.errors import (
     NotACheckout,
     NothingToReport,
     OrchestratorError,
+    ReplayDiffers,
+    ReplayFailed,
+    RunsFailed,
     SpaceError,
     StorageError,
     StudyMismatch,
     StudyNotFound,
     TrainerNotFound,
+    TrialNotUsable,
 )
 from orchestrator.export import FORMATS, trials_csv, trials_json
+from orchestrator.final import (
+    FinalConfig,
+    configuration_lines,
+    run_final,
+    run_line,
+    runs_dir_of,
+    write_results,
+)
 from orchestrator.html_report import HTML_NAME, default_out_dir, write_report
 from orchestrator.parallel import available_cores, threads_per_trial
 from orchestrator.progress import shown_on as progress_bar
 from orchestrator.registry import PRUNERS, SAMPLERS, describe
+from orchestrator.replay import DEFAULT_TOLERANCE, replay
 from orchestrator.reports import best_lines, best_trial, event_line, trial_line, trials_table
 from orchestrator.runner import TrainerProcess
 from orchestrator.space import builtin_space, load_space
@@ -68,6 +82,8 @@ _EXIT_CODES: dict[type[OrchestratorError], int] = {
     DataNotFound: 2,
     NothingToReport: 2,
     DashboardError: 2,
+    TrialNotUsable: 2,
+    ReplayFailed: 3,
     BuildFailed: 1,
     NoCompletedTrial: 1,
     DataError: 1,
@@ -509,6 +525,186 @@ def dashboard(study_name: str | None, storage: str, host: str, port: int) -> Non
     server = open_dashboard(opened, host, port, study_id)
     stderr.print(f"optuna-dashboard at {server.url} (Ctrl-C to stop)", markup=False)
     server.serve()
+
+
+@cli.command(name="final")
+@study_option
+@storage_option
+@click.option(
+    "--top-k",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Retrain the best K completed trials.",
+)
+@click.option(
+    "--trial",
+    "trial_numbers",
+    multiple=True,
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="Retrain trial N instead of the best (repeatable); needed for several objectives.",
+)
+@click.option(
+    "--seeds",
+    default="0,1,2",
+    show_default=True,
+    help="Comma-separated trainer --seed values, one final run each.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Checkpoints, logs and final.json go here. Default: runs/STUDY/final.",
+)
+@click.option(
+    "--train-limit",
+    type=click.IntRange(min=1),
+    help="Train on N examples. Default: the whole training file, validation part included.",
+)
+@click.option(
+    "--threads", type=click.IntRange(min=1), help="Trainer --threads. Default: the trial's."
+)
+@click.option(
+    "--again", is_flag=True, help="Train and test seeds that already have a recorded result."
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="End one seed's run after this long (recorded as failed).",
+)
+@trainer_option
+def final_command(
+    study_name: str | None,
+    storage: str,
+    top_k: int,
+    trial_numbers: tuple[int, ...],
+    seeds: str,
+    out_dir: Path | None,
+    train_limit: int | None,
+    threads: int | None,
+    again: bool,
+    timeout: float | None,
+    trainer: Path | None,
+) -> None:
+    """Retrain the best trial (or --top-k, or each --trial) on the training and validation
+    data together, once per seed, and test each model once on the test set.
+
+    Each run trains for the trial's best_epoch (the trial's whole --epochs for the cosine
+    and onecycle schedules, whose shape depends on --epochs), without --patience. Prints
+    each seed's test_accuracy, test_loss and checkpoint, and their mean ± standard
+    deviation; records them in the study (user attribute final:trial-N) and in
+    OUT/final.json. A seed already tested is shown from the record, not run again, unless
+    --again. Exits 1 when a seed's run failed (the others are still recorded).
+    """
+    try:
+        seed_list = tuple(int(seed) for seed in seeds.split(",") if seed.strip())
+    except ValueError:
+        raise click.BadParameter(
+            f"{seeds!r} is not a comma-separated list of integers, e.g. 0,1,2",
+            param_hint="--seeds",
+        ) from None
+    if not seed_list or len(set(seed_list)) != len(seed_list):
+        raise click.BadParameter(
+            f"{seeds!r} must list distinct seeds, e.g. 0,1,2", param_hint="--seeds"
+        )
+    name = _study_name(study_name, storage)
+    config = FinalConfig(
+        trainer=find_trainer(trainer),
+        study_name=name,
+        storage=storage,
+        seeds=seed_list,
+        top_k=top_k,
+        trials=trial_numbers,
+        out_dir=out_dir or runs_dir_of(name) / "final",
+        train_limit=train_limit,
+        threads=threads,
+        again=again,
+        timeout=timeout,
+    )
+
+    # Each seed as it finishes, on stderr; the summary follows on stdout.
+    configurations = run_final(
+        config,
+        on_run=lambda trial, run: stderr.print(f"trial {trial}, {run_line(run)}", markup=False),
+    )
+    click.echo(f"study {name}: final models trained on all the training data")
+    for configuration in configurations:
+        click.echo(
+            f"trial {configuration.trial} (val_loss {configuration.value!r}; "
+            f"{configuration.epochs} epochs: {configuration.epochs_reason})"
+        )
+        for run in configuration.runs:
+            click.echo(f"  {run_line(run)}")
+        for line in configuration_lines(configuration):
+            click.echo(line)
+    click.echo(f"results: {write_results(config, configurations)}")
+    failed = sum(not run.ok for c in configurations for run in c.runs)
+    if failed:
+        raise RunsFailed(
+            f"{failed} final run(s) failed (see above); the others are recorded, and running "
+            "the same command again runs only the failed seeds"
+        )
+
+
+@cli.command(name="replay")
+@click.argument("trial_number", metavar="TRIAL", type=click.IntRange(min=0))
+@study_option
+@storage_option
+@click.option(
+    "--tolerance",
+    default=DEFAULT_TOLERANCE,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Largest absolute difference of a val_loss or val_accuracy that still matches.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="The replay's command, events and stderr. Default: runs/STUDY/replay-trial-NNNN.",
+)
+@trainer_option
+def replay_command(
+    trial_number: int,
+    study_name: str | None,
+    storage: str,
+    tolerance: float,
+    out_dir: Path | None,
+    trainer: Path | None,
+) -> None:
+    """Run trial TRIAL's recorded command again and compare its val_loss, epoch by epoch.
+
+    Warns when the trainer binary (sha256) or libtorch differs from the one that ran the
+    trial. Exits 0 when every value matches within --tolerance, 1 when one differs, 3 when
+    the replayed run gave no result to compare, 2 for a trial without recorded provenance.
+    """
+    name = _study_name(study_name, storage)
+    study = load_study(name, storage)
+    log_dir = out_dir or runs_dir_of(name) / f"replay-trial-{trial_number:04d}"
+    report = replay(study, trial_number, trainer=trainer, tolerance=tolerance, log_dir=log_dir)
+
+    for warning in report.warnings:
+        stderr.print(f"[bold yellow]warning[/]: {escape(warning)}")
+    click.echo(f"replayed trial {report.trial} of study {name}: {report.command}")
+    for comparison in (*report.epochs, *report.final):
+        mark = "ok" if comparison.matches else "DIFFERS"
+        click.echo(
+            f"  {comparison.what}: recorded {comparison.recorded!r}, replayed "
+            f"{comparison.replayed!r}  {mark}"
+        )
+    if report.failure is not None:
+        raise ReplayFailed(
+            f"the replay of trial {report.trial} gave no result to compare "
+            f"({report.failure.reason}: {report.failure.message}); see {log_dir}/stderr.log"
+        )
+    if not report.matches:
+        raise ReplayDiffers(
+            f"the replay of trial {report.trial} differs from the recorded values by more "
+            f"than --tolerance {tolerance:g}"
+        )
+    click.echo(f"match: every value within --tolerance {tolerance:g}")
 
 
 @cli.group()

@@ -66,3 +66,20 @@ class Interrupted(OrchestratorError):
     @property
     def exit_code(self) -> int:
         return 128 + self.signum
+
+
+class TrialNotUsable(OrchestratorError):
+    """The trial asked for cannot be used: unknown, not completed, no recorded command, or
+    a study with several objectives and no trial named."""
+
+
+class RunsFailed(OrchestratorError):
+    """Some trainer runs of `final` failed; the others were reported and recorded."""
+
+
+class ReplayDiffers(OrchestratorError):
+    """A replayed trial's metrics differ from the recorded ones beyond the tolerance."""
+
+
+class ReplayFailed(OrchestratorError):
+    """A replayed trial's process did not give a result to compare."""

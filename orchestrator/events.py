@@ -2,9 +2,11 @@
 
 The trainer prints JSON Lines on stdout, one object per line with an `"event"` key
 (DESIGN.md lists the fields). A non-finite float arrives as `null`; it is read here as
-`math.nan`, so every float field stays a `float`. Extra keys are ignored, so the trainer
-may add fields without breaking older orchestrators; an event name this module does not
-know is skipped for the same reason.
+`math.nan`, so every float field stays a `float`. A run without a validation set
+(`--val-fraction 0`, a final model) has no `val_loss` or `val_accuracy` at all: they read
+as `math.nan` too, with `validated` False to tell the two apart. Extra keys are ignored, so
+the trainer may add fields without breaking older orchestrators; an event name this module
+does not know is skipped for the same reason.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ class EpochEvent:
     lr: float
     seconds: float
     samples_per_second: float
+    # False when the run has no validation set: val_loss and val_accuracy are then NaN.
+    validated: bool = True
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,8 @@ class ResultEvent:
     test_loss: float | None = None
     test_accuracy: float | None = None
     checkpoint: str | None = None
+    # False when the run has no validation set: val_loss and val_accuracy are then NaN.
+    validated: bool = True
 
 
 @dataclass(frozen=True)
@@ -103,23 +109,25 @@ def parse_line(line: str) -> Event | None:
             epoch=fields.integer("epoch"),
             epochs=fields.integer("epochs"),
             train_loss=fields.number("train_loss"),
-            val_loss=fields.number("val_loss"),
-            val_accuracy=fields.number("val_accuracy"),
+            val_loss=fields.optional_number("val_loss"),
+            val_accuracy=fields.optional_number("val_accuracy"),
             lr=fields.number("lr"),
             seconds=fields.number("seconds"),
             samples_per_second=fields.number("samples_per_second"),
+            validated=fields.validated(),
         )
     if name == "result":
         return ResultEvent(
             status=cast(Status, fields.choice("status", get_args(Status))),
-            val_loss=fields.number("val_loss"),
-            val_accuracy=fields.number("val_accuracy"),
+            val_loss=fields.optional_number("val_loss"),
+            val_accuracy=fields.optional_number("val_accuracy"),
             best_epoch=fields.optional_int("best_epoch"),
             epochs_run=fields.integer("epochs_run"),
             seconds=fields.number("seconds"),
             test_loss=fields.optional_float("test_loss"),
             test_accuracy=fields.optional_float("test_accuracy"),
             checkpoint=fields.optional_str("checkpoint"),
+            validated=fields.validated(),
         )
     if name == "error":
         return ErrorEvent(
@@ -168,6 +176,18 @@ class _Fields:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise self._wrong(key, "a number or null", value)
         return float(value)
+
+    def optional_number(self, key: str) -> float:
+        # Absent when the run has no validation set; `validated()` says which.
+        return self.number(key) if key in self._obj else math.nan
+
+    def validated(self) -> bool:
+        # Both validation fields are present, or neither: one alone breaks the contract.
+        present = ["val_loss" in self._obj, "val_accuracy" in self._obj]
+        if present[0] != present[1]:
+            missing = "val_accuracy" if present[0] else "val_loss"
+            raise MalformedEvent(f"{self._name!r} event has no {missing!r} field")
+        return present[0]
 
     def choice(self, key: str, choices: tuple[object, ...]) -> str:
         value = self.text(key)

@@ -15,6 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 from rich.markup import escape
 from rich.table import Table
 
+from orchestrator import provenance
 from orchestrator.errors import NoCompletedTrial
 from orchestrator.events import EpochEvent, ErrorEvent, Event, ResultEvent, StartEvent
 from orchestrator.study import state_counts
@@ -73,7 +74,8 @@ def best_lines(best: BestTrial) -> list[str]:
         *(
             f"  {name}: {_format(value)}"
             for name, value in best.user_attrs.items()
-            if name != "command"
+            # The provenance is for `best --json` and `replay`; the command comes last.
+            if name != "command" and name not in provenance.ATTRS
         ),
     ]
     if best.command is not None:

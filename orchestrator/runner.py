@@ -127,8 +127,12 @@ class RunOutcome:
         """The number of the signal that ended the process, if one did."""
         return -self.returncode if self.returncode < 0 else None
 
-    def failure(self) -> Failure | None:
-        """The reason this run cannot count as a result, or None when it can."""
+    def failure(self, *, validation: bool = True) -> Failure | None:
+        """The reason this run cannot count as a result, or None when it can.
+
+        With `validation` (a trial) the result must carry a val_loss; without it (a final
+        model trained on everything) a run with no validation set is a result too.
+        """
         if self.timed_out:
             return Failure("timeout", "the process ran past its time limit and was ended")
         if self.malformed is not None:
@@ -151,7 +155,13 @@ class RunOutcome:
             return Failure("no result", "exited with code 0 without a result event")
         if self.result.status == "diverged":
             return Failure("diverged", said or "the result event says diverged")
-        if math.isnan(self.result.val_loss):
+        if validation and not self.result.validated:
+            return Failure(
+                "usage error",
+                "the run had no validation set (--val-fraction 0), so it has no val_loss to "
+                "tune on; give --val-fraction above 0",
+            )
+        if self.result.validated and math.isnan(self.result.val_loss):
             return Failure("no result", "the result event has no finite val_loss")
         return None
 

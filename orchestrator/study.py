@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from orchestrator import preflight
+from orchestrator import preflight, provenance
 from orchestrator.errors import Interrupted, StudyMismatch
 from orchestrator.events import EpochEvent, StartEvent
 from orchestrator.interrupt import Interrupter, SecondSignal
@@ -246,6 +246,9 @@ class Objective:
             env = {CUDA_VISIBLE_DEVICES: gpu} if gpu is not None else {}
             command = self.command(sampled)
             trial.set_user_attr("command", command_line(command, env))
+            # Before the process starts, so that a trial that fails has them too.
+            for key, value in provenance.run_attrs(self.trainer, command, env).items():
+                trial.set_user_attr(key, value)
             trial.set_user_attr("trial_dir", str(trial_dir))
             if gpu is not None:
                 trial.set_user_attr("cuda_visible_devices", gpu)
@@ -461,6 +464,8 @@ def tune(
     is touched: the trainer, the data folder and the space.
     """
     preflight.check_trainer(config.trainer, config.space, config.flags.extra)
+    # Each trial records these; `info` and the hash run once, here, where a failure is usage.
+    provenance.trainer_facts(config.trainer)
     data_dir = preflight.data_dir_for(config.flags.data_dir, config.flags.extra)
     preflight.check_data(config.flags.dataset, data_dir)
     grid = config.space.grid() if config.sampler == "grid" else None

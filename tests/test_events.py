@@ -75,6 +75,30 @@ def test_null_floats_read_as_nan() -> None:
     assert result.best_epoch is None
 
 
+# With --val-fraction 0 (a final model) the validation fields are absent altogether.
+UNVALIDATED_EPOCH = EPOCH.replace(
+    '"val_loss":1.0326692835489908,"val_accuracy":0.7341666666666666,', ""
+)
+UNVALIDATED_RESULT = (
+    '{"event":"result","status":"completed","best_epoch":2,"epochs_run":2,"seconds":1.84,'
+    '"test_loss":0.2,"test_accuracy":0.93}'
+)
+
+
+def test_absent_validation_reads_as_nan_and_not_validated() -> None:
+    epoch = parse_line(UNVALIDATED_EPOCH)
+    result = parse_line(UNVALIDATED_RESULT)
+    # No validation set: NaN values, told apart from a non-finite one by `validated`.
+    assert isinstance(epoch, EpochEvent) and isinstance(result, ResultEvent)
+    assert math.isnan(epoch.val_loss) and not epoch.validated
+    assert math.isnan(result.val_accuracy) and not result.validated
+    assert result.test_accuracy == 0.93 and result.best_epoch == 2
+    # A run with validation says so; a null (diverged) value is still validated.
+    assert isinstance(parse_line(EPOCH), EpochEvent)
+    diverged = parse_line(DIVERGED)
+    assert isinstance(diverged, ResultEvent) and diverged.validated
+
+
 @pytest.mark.parametrize(
     "line",
     ["", "loading MNIST...", "[1, 2]", '"epoch"', '{"epoch": 1}', '{"event": "checkpoint"}'],
@@ -95,6 +119,8 @@ def test_lines_that_are_not_events_give_none(line: str) -> None:
         (ERROR.replace('"diverged"', '"oops"', 1), "'kind' must be one of"),
         (START.replace('"config":{', '"config":[{').replace("}}", "}]}"), "must be an object"),
         ('{"event": 3}', "event name must be a string"),
+        (EPOCH.replace('"val_accuracy":0.7341666666666666,', ""), "no 'val_accuracy' field"),
+        (RESULT.replace('"val_loss":0.34409988403320313,', ""), "no 'val_loss' field"),
     ],
 )
 def test_malformed_events_raise_naming_the_field(line: str, words: str) -> None:

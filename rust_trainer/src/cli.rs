@@ -187,7 +187,8 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 1.0)]
     pub width: f64,
 
-    /// Share of the training set held out for validation, in (0, 1).
+    /// Share of the training set held out for validation, in [0, 1); 0 trains on all of it
+    /// with no validation (a final model: epochs report no val_loss, the last one is kept).
     #[arg(long, default_value_t = 0.1)]
     pub val_fraction: f64,
 
@@ -211,7 +212,8 @@ pub struct TrainArgs {
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
 
-    /// Evaluate the best epoch's model once on the test set at the end.
+    /// Evaluate the best epoch's model (the last one with --val-fraction 0) once on the test
+    /// set at the end.
     #[arg(long)]
     pub eval_test: bool,
 

@@ -151,6 +151,12 @@ impl Config {
         })?;
         if let Some(patience) = args.patience {
             check(patience >= 1, || format!("--patience ({patience}) must be at least 1"))?;
+            check(args.val_fraction > 0.0, || {
+                format!(
+                    "--patience ({patience}) stops on val_loss, but --val-fraction 0 leaves no \
+                     validation set; drop --patience, or give --val-fraction above 0"
+                )
+            })?;
         }
         let threads = args
             .threads
@@ -273,7 +279,7 @@ pub const RANGES: &[(&str, Range)] = &[
     ("conv1", Range::at_least(1.0)),
     ("conv2", Range::at_least(1.0)),
     ("hidden", Range::at_least(1.0)),
-    ("val_fraction", Range::between(0.0, true, 1.0, true)),
+    ("val_fraction", Range::between(0.0, false, 1.0, true)),
     ("train_limit", Range::at_least(1.0)),
     ("threads", Range::at_least(1.0)),
     ("warmup_epochs", Range::at_least(0.0)),
@@ -350,8 +356,8 @@ mod tests {
         assert_eq!(message(&["--lr", "-1"]), "--lr (-1) must be greater than 0");
         assert_eq!(message(&["--batch-size", "0"]), "--batch-size (0) must be at least 1");
         assert_eq!(message(&["--dropout", "1"]), "--dropout (1) must be in [0, 1)");
-        assert_eq!(message(&["--val-fraction", "0"]), "--val-fraction (0) must be in (0, 1)");
-        assert_eq!(message(&["--val-fraction", "1.5"]), "--val-fraction (1.5) must be in (0, 1)");
+        assert_eq!(message(&["--val-fraction", "-0.1"]), "--val-fraction (-0.1) must be in [0, 1)");
+        assert_eq!(message(&["--val-fraction", "1.5"]), "--val-fraction (1.5) must be in [0, 1)");
         assert_eq!(message(&["--epochs", "0"]), "--epochs (0) must be at least 1");
         assert_eq!(message(&["--threads", "0"]), "--threads (0) must be at least 1");
         assert_eq!(message(&["--conv2", "0"]), "--conv2 (0) must be at least 1");
@@ -366,6 +372,18 @@ mod tests {
         assert_eq!(
             message(&["--clip-grad-norm", "-1"]),
             "--clip-grad-norm (-1) must be greater than 0"
+        );
+    }
+
+    #[test]
+    fn no_validation_set_and_early_stopping_exclude_each_other() {
+        // --val-fraction 0 is a valid final run on all the training data...
+        assert_eq!(parse(&["--val-fraction", "0"]).unwrap().val_fraction, 0.0);
+        // ...but early stopping has no val_loss to watch; the message names both flags.
+        assert_eq!(
+            message(&["--val-fraction", "0", "--patience", "2"]),
+            "--patience (2) stops on val_loss, but --val-fraction 0 leaves no validation set; \
+             drop --patience, or give --val-fraction above 0"
         );
     }
 

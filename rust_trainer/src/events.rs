@@ -46,8 +46,11 @@ pub struct Epoch {
     pub epoch: usize,
     pub epochs: usize,
     pub train_loss: f64,
-    pub val_loss: f64,
-    pub val_accuracy: f64,
+    /// Absent without a validation set (`--val-fraction 0`); `null` when not finite.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub val_loss: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub val_accuracy: Option<f64>,
     pub lr: f64,
     pub seconds: f64,
     pub samples_per_second: f64,
@@ -56,9 +59,10 @@ pub struct Epoch {
 #[derive(Debug, Clone, Serialize)]
 pub struct Outcome {
     pub status: Status,
-    /// The best epoch's validation loss; `null` when no epoch finished.
-    pub val_loss: Option<f64>,
-    pub val_accuracy: Option<f64>,
+    /// `val_loss` and `val_accuracy`, both absent without a validation set.
+    #[serde(flatten)]
+    pub validation: Option<BestValidation>,
+    /// The epoch whose model is tested and kept: the last one without a validation set.
     pub best_epoch: Option<usize>,
     pub epochs_run: usize,
     pub seconds: f64,
@@ -68,6 +72,13 @@ pub struct Outcome {
     pub test_accuracy: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<String>,
+}
+
+/// The best epoch's validation loss and accuracy; `null` while no epoch has finished.
+#[derive(Debug, Clone, Serialize)]
+pub struct BestValidation {
+    pub val_loss: Option<f64>,
+    pub val_accuracy: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -148,8 +159,8 @@ mod tests {
             epoch: 1,
             epochs: 3,
             train_loss: 0.5,
-            val_loss: 0.25,
-            val_accuracy: 0.9,
+            val_loss: Some(0.25),
+            val_accuracy: Some(0.9),
             lr: 1e-3,
             seconds: 1.5,
             samples_per_second: 1000.0,
@@ -166,8 +177,7 @@ mod tests {
     fn non_finite_values_are_null() {
         let outcome = Outcome {
             status: Status::Diverged,
-            val_loss: Some(f64::NAN),
-            val_accuracy: None,
+            validation: Some(BestValidation { val_loss: Some(f64::NAN), val_accuracy: None }),
             best_epoch: None,
             epochs_run: 1,
             seconds: 0.1,
@@ -180,6 +190,37 @@ mod tests {
         assert_eq!(value["status"], "diverged");
         assert!(value["val_loss"].is_null());
         assert!(value.get("test_loss").is_none());
+    }
+
+    #[test]
+    fn without_validation_the_val_fields_are_absent() {
+        let epoch = Epoch {
+            epoch: 2,
+            epochs: 2,
+            train_loss: 0.5,
+            val_loss: None,
+            val_accuracy: None,
+            lr: 1e-3,
+            seconds: 1.5,
+            samples_per_second: 1000.0,
+        };
+        let outcome = Outcome {
+            status: Status::Completed,
+            validation: None,
+            best_epoch: Some(2),
+            epochs_run: 2,
+            seconds: 3.0,
+            test_loss: Some(0.1),
+            test_accuracy: Some(0.97),
+            checkpoint: None,
+        };
+        // Absent rather than null: null says a value was not finite, absent that none exists.
+        let epoch = line(&Event::Epoch(&epoch));
+        assert!(epoch.get("val_loss").is_none() && epoch.get("val_accuracy").is_none());
+        let result = line(&Event::Result(&outcome));
+        assert!(result.get("val_loss").is_none() && result.get("val_accuracy").is_none());
+        assert_eq!(result["best_epoch"], 2);
+        assert_eq!(result["test_accuracy"], 0.97);
     }
 
     #[test]

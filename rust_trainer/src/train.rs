@@ -16,7 +16,7 @@ use crate::checkpoint::{self, Progress};
 use crate::config::{Config, DeviceRequest};
 use crate::data::{self, Dataset};
 use crate::error::device;
-use crate::events::{Epoch, Event, EventWriter, Outcome, Start, Status};
+use crate::events::{BestValidation, Epoch, Event, EventWriter, Outcome, Start, Status};
 use crate::models;
 use crate::optim::{OptimSettings, Optimizer};
 use crate::schedule::Schedule;
@@ -291,10 +291,18 @@ pub fn run<W: Write>(
         config,
     }))?;
 
+    // Without a validation set (--val-fraction 0, a final model on all the training data)
+    // every epoch's model counts as the best so far: the last one is tested and kept.
+    let validating = !splits.val.is_empty();
+    let best_validation = |progress: &Progress| {
+        validating.then_some(BestValidation {
+            val_loss: progress.best_val_loss,
+            val_accuracy: progress.best_val_accuracy,
+        })
+    };
     let mut outcome = Outcome {
         status: Status::Completed,
-        val_loss: progress.best_val_loss,
-        val_accuracy: progress.best_val_accuracy,
+        validation: best_validation(&progress),
         best_epoch: progress.best_epoch,
         epochs_run: progress.epoch,
         seconds: 0.0,
@@ -325,27 +333,32 @@ pub fn run<W: Write>(
             }
         };
 
-        let (val_loss, val_accuracy) =
-            evaluate(model.as_ref(), &splits.val, config.eval_batch_size);
-        if !val_loss.is_finite() {
+        let validation =
+            validating.then(|| evaluate(model.as_ref(), &splits.val, config.eval_batch_size));
+        if validation.is_some_and(|(val_loss, _)| !val_loss.is_finite()) {
             outcome.status = Status::Diverged;
             break;
         }
         let previous_best = progress.best_val_loss;
-        if previous_best.is_none_or(|best_loss| val_loss < best_loss) {
-            progress.best_val_loss = Some(val_loss);
-            progress.best_val_accuracy = Some(val_accuracy);
+        let better = match validation {
+            Some((val_loss, _)) => previous_best.is_none_or(|best_loss| val_loss < best_loss),
+            None => true,
+        };
+        if better {
+            progress.best_val_loss = validation.map(|(val_loss, _)| val_loss);
+            progress.best_val_accuracy = validation.map(|(_, val_accuracy)| val_accuracy);
             progress.best_epoch = Some(epoch);
             if let Some((best_vs, _)) = best.as_mut() {
                 best_vs.copy(&vs)?;
             }
         }
-        let improved =
-            previous_best.is_none_or(|best_loss| val_loss < best_loss - config.min_delta);
+        let improved = match (validation, previous_best) {
+            (Some((val_loss, _)), Some(best_loss)) => val_loss < best_loss - config.min_delta,
+            _ => true,
+        };
         progress.stale_epochs = if improved { 0 } else { progress.stale_epochs + 1 };
         progress.epoch = epoch;
-        outcome.val_loss = progress.best_val_loss;
-        outcome.val_accuracy = progress.best_val_accuracy;
+        outcome.validation = best_validation(&progress);
         outcome.best_epoch = progress.best_epoch;
         outcome.epochs_run = epoch;
 
@@ -353,16 +366,19 @@ pub fn run<W: Write>(
             epoch,
             epochs: config.epochs,
             train_loss,
-            val_loss,
-            val_accuracy,
+            val_loss: validation.map(|(val_loss, _)| val_loss),
+            val_accuracy: validation.map(|(_, val_accuracy)| val_accuracy),
             lr: schedule.lr_at(first_step),
             seconds: epoch_started.elapsed().as_secs_f64(),
             samples_per_second: splits.train.len() as f64 / train_seconds,
         };
         if !config.quiet {
+            let validated = validation.map_or(String::new(), |(val_loss, val_accuracy)| {
+                format!("  val_loss {val_loss:.4}  val_accuracy {val_accuracy:.4}")
+            });
             eprintln!(
-                "epoch {epoch}/{}: train_loss {train_loss:.4}  val_loss {val_loss:.4}  \
-                 val_accuracy {val_accuracy:.4}  lr {:.3e}  {:.1}s  {:.0} samples/s",
+                "epoch {epoch}/{}: train_loss {train_loss:.4}{validated}  lr {:.3e}  {:.1}s  \
+                 {:.0} samples/s",
                 config.epochs, record.lr, record.seconds, record.samples_per_second
             );
         }

@@ -95,8 +95,12 @@ pub struct Splits {
     pub normalisation: Normalisation,
 }
 
-/// Sizes of the validation and training parts of `total` examples.
+/// Sizes of the validation and training parts of `total` examples. A fraction of 0 holds
+/// nothing out (a final model trained on everything); any other keeps both parts non-empty.
 pub fn split_sizes(total: usize, val_fraction: f64) -> (usize, usize) {
+    if val_fraction == 0.0 {
+        return (0, total);
+    }
     let val = ((total as f64) * val_fraction).round() as usize;
     let val = val.clamp(1, total.saturating_sub(1));
     (val, total - val)
@@ -209,6 +213,8 @@ mod tests {
         // Both parts keep at least one example.
         assert_eq!(split_sizes(10, 0.01), (1, 9));
         assert_eq!(split_sizes(10, 0.99), (9, 1));
+        // Zero holds nothing out: every example trains.
+        assert_eq!(split_sizes(60_000, 0.0), (0, 60_000));
     }
 
     #[test]
