@@ -37,7 +37,7 @@ from orchestrator.parallel import available_cores, threads_per_trial
 from orchestrator.registry import PRUNERS, SAMPLERS, describe
 from orchestrator.reports import best_lines, best_trial, event_line, trial_line, trials_table
 from orchestrator.runner import TrainerProcess
-from orchestrator.space import builtin_space, load_space
+from orchestrator.space import builtin_names, builtin_space, builtin_text, load_space
 from orchestrator.storage import (
     DEFAULT_STORAGE,
     STORAGE_ENV,
@@ -418,6 +418,31 @@ def trials(study_name: str | None, storage: str) -> None:
     # Piped into a file or another program, a table needs no wrapping to a terminal's width.
     console = stdout if stdout.is_terminal else Console(width=1000, highlight=False)
     console.print(table)
+
+
+@cli.group()
+def space() -> None:
+    """Show the built-in search spaces, to copy and edit for `tune --space FILE`."""
+
+
+@space.command("list")
+def space_list() -> None:
+    """List the built-in spaces and the models that use each by default."""
+    for name, models in builtin_names().items():
+        click.echo(f"{name}: {', '.join(models)}")
+
+
+@space.command("show")
+@click.argument("model")
+def space_show(model: str) -> None:
+    """Print the built-in space of MODEL (or a name from `space list`) as TOML.
+
+    \b
+    Example:
+      orchestrate space show cnn > my.toml    # edit, then:
+      orchestrate tune --space my.toml
+    """
+    click.echo(builtin_text(model), nl=False)
 
 
 @cli.group()

@@ -22,7 +22,6 @@ below every completed trial, so the region where training diverges is learned as
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import math
 import os
@@ -666,7 +665,7 @@ def _settle_settings(
     }
     if not isinstance(stored, dict):
         if grid is not None:
-            _queue_grid(study, grid, seed)
+            _queue_grid(study, config.space, seed)
         # Last: other workers of a grid study wait for it, and then find the queue full.
         study.set_user_attr(SETTINGS_ATTR, wanted)
         return seed
@@ -702,11 +701,10 @@ def _wait_for_settings(study: optuna.Study) -> object:
     return None
 
 
-def _queue_grid(study: optuna.Study, grid: dict[str, list[Value]], seed: int) -> None:
-    """Queues every point of the grid, in an order shuffled by the seed."""
-    names = list(grid)
-    combinations = itertools.product(*grid.values())
-    points = [dict(zip(names, values, strict=True)) for values in combinations]
+def _queue_grid(study: optuna.Study, space: SearchSpace, seed: int) -> None:
+    """Queues every point of the grid (only the combinations whose conditions hold), in an
+    order shuffled by the seed."""
+    points = space.grid_combinations()
     random.Random(seed).shuffle(points)
     for point in points:
         study.enqueue_trial(point, skip_if_exists=False)
