@@ -58,3 +58,7 @@ class Interrupted(OrchestratorError):
     @property
     def exit_code(self) -> int:
         return 128 + self.signum
+
+
+class ArgumentsError(OrchestratorError):
+    """Options that do not fit together, or arguments a sampler or pruner does not take."""
