@@ -252,7 +252,7 @@ def load_auto_sampler_module() -> ModuleType:
     """OptunaHub's `samplers/auto_sampler`: from the local registry in
     $ORCHESTRATE_OPTUNAHUB_REGISTRY, else from optunahub's cache, else from GitHub."""
     try:
-        import optunahub  # type: ignore[import-not-found, unused-ignore]
+        import optunahub
     except ImportError:
         raise ArgumentsError(
             "--sampler auto needs the optunahub package, which is not installed; install it "

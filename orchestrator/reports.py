@@ -29,6 +29,8 @@ class BestTrial:
     params: Mapping[str, object]
     user_attrs: Mapping[str, object]
     command: str | None
+    # What `value` is: the study's objective.
+    objective: str = "val_loss"
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -59,6 +61,7 @@ def best_trial(study: optuna.Study) -> BestTrial:
         params=best.params,
         user_attrs=best.user_attrs,
         command=command if isinstance(command, str) else None,
+        objective=objectives_of(study)[0],
     )
 
 
@@ -67,7 +70,7 @@ def best_lines(best: BestTrial) -> list[str]:
     lines = [
         f"study: {best.study_name}",
         f"best trial: {best.number}",
-        f"val_loss: {best.value!r}",
+        f"{best.objective}: {best.value!r}",
         "params:",
         *(f"  {name}: {_format(value)}" for name, value in best.params.items()),
         "user attrs:",
