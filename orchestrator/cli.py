@@ -21,7 +21,9 @@ from rich.markup import escape
 from orchestrator import __version__, datasets
 from orchestrator.build import build_trainer
 from orchestrator.dashboard import DEFAULT_HOST, DEFAULT_PORT, open_dashboard
+from orchestrator.enqueue import load_points
 from orchestrator.errors import (
+    ArgumentsError,
     BuildFailed,
     DashboardError,
     DataError,
@@ -51,13 +53,23 @@ from orchestrator.final import (
     write_results,
 )
 from orchestrator.html_report import HTML_NAME, default_out_dir, write_report
+from orchestrator.objectives import DIRECTIONS, parse_objectives, resolve_sampler_and_pruner
 from orchestrator.parallel import available_cores, threads_per_trial
 from orchestrator.progress import shown_on as progress_bar
-from orchestrator.registry import PRUNERS, SAMPLERS, describe
+from orchestrator.registry import PRUNERS, SAMPLERS, describe, parse_args_json
 from orchestrator.replay import DEFAULT_TOLERANCE, replay
-from orchestrator.reports import best_lines, best_trial, event_line, trial_line, trials_table
+from orchestrator.reports import (
+    best_lines,
+    best_trial,
+    event_line,
+    is_multi_objective,
+    pareto_front,
+    pareto_lines,
+    trial_line,
+    trials_table,
+)
 from orchestrator.runner import TrainerProcess
-from orchestrator.space import builtin_space, load_space
+from orchestrator.space import builtin_names, builtin_space, builtin_text, load_space
 from orchestrator.storage import (
     DEFAULT_STORAGE,
     STORAGE_ENV,
@@ -84,6 +96,7 @@ _EXIT_CODES: dict[type[OrchestratorError], int] = {
     DashboardError: 2,
     TrialNotUsable: 2,
     ReplayFailed: 3,
+    ArgumentsError: 2,
     BuildFailed: 1,
     NoCompletedTrial: 1,
     DataError: 1,
@@ -193,16 +206,38 @@ def train(trainer: Path | None, trainer_args: tuple[str, ...]) -> NoReturn:
 @click.option(
     "--sampler",
     type=click.Choice(list(SAMPLERS)),
-    default="tpe",
-    show_default=True,
-    help=describe(SAMPLERS) + ".",
+    help="Default: tpe, or nsga2 with several --objectives. " + describe(SAMPLERS) + ".",
 )
 @click.option(
     "--pruner",
     type=click.Choice(list(PRUNERS)),
-    default="median",
-    show_default=True,
-    help=describe(PRUNERS) + ".",
+    help="Default: median, or none with several --objectives (which cannot be pruned). "
+    + describe(PRUNERS)
+    + ".",
+)
+@click.option(
+    "--sampler-args",
+    metavar="JSON",
+    help="""Keyword arguments for the sampler's Optuna class, e.g. '{"n_startup_trials": 20}'.""",
+)
+@click.option(
+    "--pruner-args",
+    metavar="JSON",
+    help="""Keyword arguments for the pruner's Optuna class, e.g. '{"upper": 1.0}'.""",
+)
+@click.option(
+    "--objectives",
+    metavar="NAMES",
+    help="What the study optimises, comma-separated: "
+    + ", ".join(f"{name} ({way})" for name, way in DIRECTIONS.items())
+    + ". Default: val_loss. Several give a Pareto front (see `best`).",
+)
+@click.option(
+    "--enqueue",
+    "enqueue_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Configurations to try first: .json (a list of objects), .jsonl or .toml "
+    "([[trial]] tables); each is queued once per study.",
 )
 @click.option(
     "--pruner-startup-trials",
@@ -320,8 +355,12 @@ def train(trainer: Path | None, trainer_args: tuple[str, ...]) -> NoReturn:
 @click.argument("trainer_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- TRAINER_FLAGS]")
 def tune(
     trials: int,
-    sampler: str,
-    pruner: str,
+    sampler: str | None,
+    pruner: str | None,
+    sampler_args: str | None,
+    pruner_args: str | None,
+    objectives: str | None,
+    enqueue_file: Path | None,
     pruner_startup_trials: int,
     pruner_warmup_epochs: int,
     study_name: str | None,
@@ -350,8 +389,8 @@ def tune(
 
     Running the same command again resumes the study: trials already finished (complete,
     pruned or failed) count toward --trials. Each trial's val_loss (the best epoch's) is
-    minimised; a failed trainer run is recorded as FAIL with its reason and the study goes
-    on.
+    minimised, or what --objectives names; a failed trainer run is recorded as FAIL with its
+    reason and the study goes on.
 
     Trainer flags after `--` go to every trial unchanged, after the study's own flags and
     before the sampled ones, e.g. `-- --width 0.25 --augment none`.
@@ -371,12 +410,15 @@ def tune(
             n_jobs * threads,
             cores,
         )
+    chosen = parse_objectives(objectives)
+    sampler, pruner = resolve_sampler_and_pruner(chosen, sampler, pruner)
+    search_space = load_space(space_file) if space_file else builtin_space(model)
     config = TuneConfig(
         trainer=find_trainer(trainer),
         study_name=study_name or f"{model}-{dataset}",
         storage=storage,
         trials=trials,
-        space=load_space(space_file) if space_file else builtin_space(model),
+        space=search_space,
         flags=TrainerFlags(
             model=model,
             dataset=dataset,
@@ -400,6 +442,10 @@ def tune(
         n_jobs=n_jobs,
         trials_per_gpu=trials_per_gpu,
         heartbeat=heartbeat,
+        sampler_args=parse_args_json(sampler_args, "--sampler-args"),
+        pruner_args=parse_args_json(pruner_args, "--pruner-args"),
+        enqueue=load_points(enqueue_file, search_space) if enqueue_file else (),
+        objectives=chosen,
     )
     # On a terminal a progress bar stays below the trials' lines, printed above it.
     with progress_bar(stderr) as progress:
@@ -418,6 +464,8 @@ def tune(
         click.echo(f"ran {summary.ran} trials{stopped}; the study has {counts}")
     if summary.best is not None:
         click.echo(f"best {trial_line(summary.best)}")
+    elif len(chosen) > 1:
+        click.echo("`orchestrate best` shows the Pareto front")
 
 
 @cli.command()
@@ -427,9 +475,17 @@ def tune(
 def best(study_name: str | None, storage: str, as_json: bool) -> None:
     """Show the best trial: its val_loss, params, attributes and the trainer command.
 
-    The command is the last line of the output, ready to paste into a shell.
+    The command is the last line of the output, ready to paste into a shell. A study with
+    several --objectives shows its Pareto front instead, with each trial's command.
     """
-    result = best_trial(load_study(_study_name(study_name, storage), storage))
+    study = load_study(_study_name(study_name, storage), storage)
+    if is_multi_objective(study):
+        front = pareto_front(study)
+        click.echo(
+            json.dumps(front.to_json(), indent=2) if as_json else "\n".join(pareto_lines(front))
+        )
+        return
+    result = best_trial(study)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
         return
@@ -705,6 +761,31 @@ def replay_command(
             f"than --tolerance {tolerance:g}"
         )
     click.echo(f"match: every value within --tolerance {tolerance:g}")
+
+
+@cli.group()
+def space() -> None:
+    """Show the built-in search spaces, to copy and edit for `tune --space FILE`."""
+
+
+@space.command("list")
+def space_list() -> None:
+    """List the built-in spaces and the models that use each by default."""
+    for name, models in builtin_names().items():
+        click.echo(f"{name}: {', '.join(models)}")
+
+
+@space.command("show")
+@click.argument("model")
+def space_show(model: str) -> None:
+    """Print the built-in space of MODEL (or a name from `space list`) as TOML.
+
+    \b
+    Example:
+      orchestrate space show cnn > my.toml    # edit, then:
+      orchestrate tune --space my.toml
+    """
+    click.echo(builtin_text(model), nl=False)
 
 
 @cli.group()

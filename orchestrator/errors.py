@@ -83,3 +83,7 @@ class ReplayDiffers(OrchestratorError):
 
 class ReplayFailed(OrchestratorError):
     """A replayed trial's process did not give a result to compare."""
+
+
+class ArgumentsError(OrchestratorError):
+    """Options that do not fit together, or arguments a sampler or pruner does not take."""

@@ -25,7 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from orchestrator.export import objective_names
 from orchestrator.study import counts_toward_total
 
-Objective = Callable[[optuna.Trial], float]
+Objective = Callable[[optuna.Trial], float | list[float]]
 
 
 class TuneWatcher(Protocol):
@@ -92,7 +92,7 @@ class TuneProgress:
     def watching(self, objective: Objective) -> Objective:
         """The objective, telling the bar when each trial starts."""
 
-        def run(trial: optuna.Trial) -> float:
+        def run(trial: optuna.Trial) -> float | list[float]:
             self.trial_started(trial.number)
             return objective(trial)
 

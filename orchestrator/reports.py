@@ -18,6 +18,7 @@ from rich.table import Table
 from orchestrator import provenance
 from orchestrator.errors import NoCompletedTrial
 from orchestrator.events import EpochEvent, ErrorEvent, Event, ResultEvent, StartEvent
+from orchestrator.objectives import DIRECTIONS, objectives_of
 from orchestrator.study import state_counts
 
 
@@ -29,6 +30,8 @@ class BestTrial:
     params: Mapping[str, object]
     user_attrs: Mapping[str, object]
     command: str | None
+    # What `value` is: the study's objective.
+    objective: str = "val_loss"
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -59,6 +62,7 @@ def best_trial(study: optuna.Study) -> BestTrial:
         params=best.params,
         user_attrs=best.user_attrs,
         command=command if isinstance(command, str) else None,
+        objective=objectives_of(study)[0],
     )
 
 
@@ -67,7 +71,7 @@ def best_lines(best: BestTrial) -> list[str]:
     lines = [
         f"study: {best.study_name}",
         f"best trial: {best.number}",
-        f"val_loss: {best.value!r}",
+        f"{best.objective}: {best.value!r}",
         "params:",
         *(f"  {name}: {_format(value)}" for name, value in best.params.items()),
         "user attrs:",
@@ -106,7 +110,7 @@ def trials_table(study: optuna.Study) -> Table:
         table.add_row(
             str(trial.number),
             trial.state.name,
-            _format(trial.value),
+            _format(_val_loss(trial)),
             _format(trial.user_attrs.get("val_accuracy")),
             *(_format(trial.params.get(name)) for name in param_names),
             _duration(trial.duration),
@@ -120,9 +124,11 @@ def trial_line(trial: FrozenTrial) -> str:
     attrs = trial.user_attrs
     if trial.state == TrialState.COMPLETE:
         outcome = (
-            f"val_loss {_format(trial.value)} "
+            f"val_loss {_format(_val_loss(trial))} "
             f"val_accuracy {_format(attrs.get('val_accuracy', float('nan')))}"
         )
+        if trial.values is not None and len(trial.values) > 1:
+            outcome += f" values ({', '.join(_format(v) for v in trial.values)})"
     elif trial.state == TrialState.PRUNED and attrs.get("fail_reason") == "diverged":
         outcome = _ending(trial)
     elif trial.state == TrialState.PRUNED:
@@ -202,3 +208,107 @@ def _format(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return "" if value is None else str(value)
+
+
+def _val_loss(trial: FrozenTrial) -> object:
+    """A trial's val_loss: its value, or an attribute where it optimises something else."""
+    if "val_loss" in trial.user_attrs:
+        return trial.user_attrs["val_loss"]
+    return trial.values[0] if trial.values is not None and len(trial.values) == 1 else None
+
+
+@dataclass(frozen=True)
+class ParetoFront:
+    """The trials of a study with several objectives that no other trial beats in all."""
+
+    study_name: str
+    objectives: tuple[str, ...]
+    trials: tuple[BestTrial, ...]
+    values: tuple[tuple[float, ...], ...]
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "study": self.study_name,
+            "objectives": {name: DIRECTIONS[name] for name in self.objectives},
+            "pareto_front": [
+                {**trial.to_json(), "values": dict(zip(self.objectives, values, strict=True))}
+                for trial, values in zip(self.trials, self.values, strict=True)
+            ],
+        }
+
+
+def is_multi_objective(study: optuna.Study) -> bool:
+    return len(study.directions) > 1
+
+
+def pareto_front(study: optuna.Study) -> ParetoFront:
+    """The Pareto front of the completed trials, diverged ones (penalty values) left out,
+    ordered by the first objective."""
+    objectives = objectives_of(study)
+    signs = [1.0 if DIRECTIONS[name] == "minimize" else -1.0 for name in objectives]
+    complete = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.values is not None and t.user_attrs.get("fail_reason") != "diverged"
+    ]
+    if not complete:
+        counts = ", ".join(f"{n} {s}" for s, n in state_counts(study).items()) or "no trials"
+        raise NoCompletedTrial(
+            f"study {study.study_name!r} has no completed trial yet ({counts}); "
+            "run `orchestrate tune` on it first"
+        )
+
+    def costs(trial: FrozenTrial) -> list[float]:
+        assert trial.values is not None
+        return [sign * value for sign, value in zip(signs, trial.values, strict=True)]
+
+    def dominates(a: list[float], b: list[float]) -> bool:
+        return all(x <= y for x, y in zip(a, b, strict=True)) and a != b
+
+    front = [t for t in complete if not any(dominates(costs(o), costs(t)) for o in complete)]
+    front.sort(key=lambda t: (costs(t), t.number))
+    return ParetoFront(
+        study_name=study.study_name,
+        objectives=objectives,
+        trials=tuple(_as_best(study, t) for t in front),
+        values=tuple(tuple(t.values or ()) for t in front),
+    )
+
+
+def pareto_lines(front: ParetoFront) -> list[str]:
+    """The front as an aligned table, one row per trial, then each trial's command."""
+    header = ["trial", *front.objectives, "params"]
+    rows = [
+        [str(trial.number), *(_format(v) for v in values), params_text(trial.params)]
+        for trial, values in zip(front.trials, front.values, strict=True)
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
+    table = [
+        "  ".join(
+            [*(cell.rjust(width) for cell, width in zip(row, widths, strict=False)), row[-1]]
+        )
+        for row in [header, *rows]
+    ]
+    directions = ", ".join(f"{name} ({DIRECTIONS[name]})" for name in front.objectives)
+    lines = [
+        f"study: {front.study_name}",
+        f"objectives: {directions}",
+        f"Pareto front: {len(front.trials)} trials, none beaten in every objective by another",
+        *table,
+    ]
+    for trial in front.trials:
+        if trial.command is not None:
+            lines += [f"command of trial {trial.number}:", trial.command]
+    return lines
+
+
+def _as_best(study: optuna.Study, trial: FrozenTrial) -> BestTrial:
+    command = trial.user_attrs.get("command")
+    return BestTrial(
+        study_name=study.study_name,
+        number=trial.number,
+        value=(trial.values or [math.nan])[0],
+        params=trial.params,
+        user_attrs=trial.user_attrs,
+        command=command if isinstance(command, str) else None,
+    )

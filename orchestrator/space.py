@@ -1,9 +1,13 @@
 """Search spaces: what a trial samples, and how sampled values become trainer flags.
 
-A space is a tuple of parameters (float, int or categorical) plus fixed values that some
-condition on the sampled ones switches on (momentum only for SGD). Every float and int
-parameter may carry a few grid points, used only by the grid sampler, which needs a
-finite set. Spaces come built in per model, or from a TOML file:
+A space is a tuple of parameters (float, int or categorical) plus fixed values. A
+parameter or a fixed value may carry a condition on other sampled values (`when`): it is
+sampled, or passed, only when every named parameter was sampled with the given value
+(momentum only for SGD). Parents are sampled before the parameters that depend on them.
+Every float and int parameter may carry a few grid points, used only by the grid sampler,
+which needs a finite set; the grid holds only the combinations whose conditions hold.
+Spaces come built in per model (the TOML files in `orchestrator/spaces/`, printed by
+`orchestrate space show MODEL`), or from a TOML file:
 
     [params.lr]
     type = "float"
@@ -16,8 +20,14 @@ finite set. Spaces come built in per model, or from a TOML file:
     type = "categorical"
     choices = ["sgd", "adam"]
 
-    [fixed.momentum]
-    value = 0.9
+    [params.momentum]
+    type = "float"
+    low = 0.8
+    high = 0.99
+    when = { optimizer = "sgd" }
+
+    [fixed.nesterov]
+    value = true
     when = { optimizer = "sgd" }
 
 A parameter named `batch_size` becomes the flag `--batch-size`; a boolean becomes a bare
@@ -29,7 +39,8 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias, cast
 
@@ -53,6 +64,9 @@ RESERVED = frozenset(
 _MAX_IMPLICIT_GRID = 16
 
 
+Condition: TypeAlias = tuple[tuple[str, Value], ...]
+
+
 @dataclass(frozen=True)
 class FloatParam:
     name: str
@@ -60,6 +74,8 @@ class FloatParam:
     high: float
     log: bool = False
     grid: tuple[float, ...] = ()
+    # Sampled only when each named parameter was sampled with the given value.
+    when: Condition = ()
 
     def __post_init__(self) -> None:
         _check_range(self.name, self.low, self.high, self.log, self.grid)
@@ -75,6 +91,16 @@ class FloatParam:
             )
         return self.grid
 
+    def check(self, value: object) -> str | None:
+        """Why `value` is not a point of this parameter, or None when it is."""
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return f"must be a number in [{self.low:g}, {self.high:g}]"
+        return (
+            None
+            if self.low <= value <= self.high
+            else f"must lie in [{self.low:g}, {self.high:g}]"
+        )
+
 
 @dataclass(frozen=True)
 class IntParam:
@@ -83,6 +109,7 @@ class IntParam:
     high: int
     log: bool = False
     grid: tuple[int, ...] = ()
+    when: Condition = ()
 
     def __post_init__(self) -> None:
         _check_range(self.name, self.low, self.high, self.log, self.grid)
@@ -100,11 +127,18 @@ class IntParam:
             f"({self.low}..{self.high} is too many values); add `grid = [...]`"
         )
 
+    def check(self, value: object) -> str | None:
+        """Why `value` is not a point of this parameter, or None when it is."""
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"must be an integer in [{self.low}, {self.high}]"
+        return None if self.low <= value <= self.high else f"must lie in [{self.low}, {self.high}]"
+
 
 @dataclass(frozen=True)
 class CategoricalParam:
     name: str
     choices: tuple[Value, ...]
+    when: Condition = ()
 
     def __post_init__(self) -> None:
         if not self.choices:
@@ -118,6 +152,13 @@ class CategoricalParam:
     def grid_points(self) -> tuple[Value, ...]:
         return self.choices
 
+    def check(self, value: object) -> str | None:
+        """Why `value` is not a point of this parameter, or None when it is."""
+        # `True == 1` in Python: a choice matches only a value of its own type.
+        if any(same_value(value, choice) for choice in self.choices):
+            return None
+        return f"must be one of {list(self.choices)}"
+
 
 Param: TypeAlias = FloatParam | IntParam | CategoricalParam
 
@@ -128,10 +169,10 @@ class FixedParam:
 
     name: str
     value: Value
-    when: tuple[tuple[str, Value], ...] = ()
+    when: Condition = ()
 
     def applies(self, sampled: Mapping[str, Value]) -> bool:
-        return all(sampled.get(key) == value for key, value in self.when)
+        return _holds(self.when, sampled)
 
 
 @dataclass(frozen=True)
@@ -139,6 +180,8 @@ class SearchSpace:
     name: str
     params: tuple[Param, ...]
     fixed: tuple[FixedParam, ...] = ()
+    # The parameters in sampling order, computed once so that a cycle is found at once.
+    _order: tuple[Param, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         names = [p.name for p in self.params] + [f.name for f in self.fixed]
@@ -154,17 +197,37 @@ class SearchSpace:
         if duplicates:
             raise SpaceError(f"{self.name}: each parameter may appear once, but got {duplicates}")
 
-        sampled = {p.name for p in self.params}
-        for fixed in self.fixed:
-            unknown = [key for key, _ in fixed.when if key not in sampled]
+        by_name = {p.name: p for p in self.params}
+        for entry in (*self.params, *self.fixed):
+            unknown = [key for key, _ in entry.when if key not in by_name]
             if unknown:
                 raise SpaceError(
-                    f"{fixed.name!r} depends on {unknown}, which the space does not sample"
+                    f"{entry.name!r} depends on {unknown}, which the space does not sample "
+                    f"(it samples {sorted(by_name)})"
                 )
+            for key, value in entry.when:
+                problem = by_name[key].check(value)
+                if problem is not None:
+                    raise SpaceError(
+                        f"{entry.name!r} depends on {key} = {value!r}, which {key} never takes: "
+                        f"it {problem}"
+                    )
+        object.__setattr__(self, "_order", _dependency_order(self.params))
+
+    @property
+    def order(self) -> tuple[Param, ...]:
+        """The parameters in sampling order: each after the ones its condition names, and
+        otherwise in the order they are declared."""
+        return self._order
 
     def sample(self, trial: optuna.Trial) -> dict[str, Value]:
-        """Samples every parameter for `trial`; fixed values are not part of the result."""
-        return {param.name: param.suggest(trial) for param in self.params}
+        """Samples every parameter whose condition holds for `trial`; fixed values are not
+        part of the result."""
+        sampled: dict[str, Value] = {}
+        for param in self.order:
+            if _holds(param.when, sampled):
+                sampled[param.name] = param.suggest(trial)
+        return sampled
 
     def values(self, sampled: Mapping[str, Value]) -> dict[str, Value]:
         """The sampled values plus the fixed ones that apply to them."""
@@ -185,6 +248,42 @@ class SearchSpace:
         """The grid sampler's search space: each parameter's grid points."""
         return {param.name: list(param.grid_points()) for param in self.params}
 
+    def grid_combinations(self) -> list[dict[str, Value]]:
+        """Every point of the grid whose conditions hold: a conditional parameter varies only
+        where its condition holds and is left out elsewhere, so no point runs twice."""
+        points: list[dict[str, Value]] = [{}]
+        for param in self.order:
+            values = param.grid_points()
+            points = [
+                {**point, param.name: value} if _holds(param.when, point) else point
+                for point in points
+                for value in (values if _holds(param.when, point) else values[:1])
+            ]
+        return points
+
+    def check_point(self, point: Mapping[str, object]) -> None:
+        """Raises SpaceError unless `point` (a partial set of sampled values, as given to
+        `--enqueue`) names only parameters of the space, with values they can take, and
+        only where their conditions hold."""
+        by_name = {p.name: p for p in self.params}
+        unknown = sorted(set(point) - set(by_name))
+        if unknown:
+            raise SpaceError(
+                f"{unknown} {'is' if len(unknown) == 1 else 'are'} not sampled by the space "
+                f"{self.name!r} (it samples {sorted(by_name)})"
+            )
+        for name, value in point.items():
+            param = by_name[name]
+            problem = param.check(value)
+            if problem is not None:
+                raise SpaceError(f"{name} = {value!r}: it {problem}")
+            for key, wanted in param.when:
+                if key in point and not same_value(point[key], wanted):
+                    raise SpaceError(
+                        f"{name} is sampled only when {key} = {wanted!r}, "
+                        f"but {key} = {point[key]!r} here"
+                    )
+
     def describe(self) -> dict[str, object]:
         """A JSON-ready description, stored with a study to notice a changed space."""
         return {
@@ -196,51 +295,71 @@ class SearchSpace:
         }
 
 
-def cnn_space() -> SearchSpace:
-    """The built-in space for the MNIST CNN.
+def _holds(when: Condition, sampled: Mapping[str, Value]) -> bool:
+    # A parent that was not sampled (its own condition failed) fails the condition too.
+    return all(key in sampled and same_value(sampled[key], value) for key, value in when)
 
-    The schedule is left out on purpose: pruners compare trials epoch by epoch, and a
-    one-cycle trial, still warming up at epoch 1, would lose to a constant-lr one there and
-    be pruned before it overtakes it. Fix the schedule for the whole study instead
-    (`tune ... -- --schedule onecycle`).
-    """
-    return SearchSpace(
-        name="cnn",
-        params=(
-            FloatParam("lr", 1e-4, 3e-2, log=True, grid=(1e-3, 3e-3, 1e-2)),
-            # Batches under 64 cost a CPU trial half again as long for little gain.
-            CategoricalParam("batch_size", (64, 128, 256)),
-            CategoricalParam("optimizer", ("sgd", "adam", "adamw")),
-            FloatParam("weight_decay", 1e-6, 1e-2, log=True, grid=(1e-6, 1e-5, 1e-4)),
-            FloatParam("dropout", 0.0, 0.6, grid=(0.0, 0.25, 0.5)),
-        ),
-        fixed=(FixedParam("momentum", 0.9, when=(("optimizer", "sgd"),)),),
-    )
+
+def same_value(a: object, b: object) -> bool:
+    """Equal and of one kind: `True == 1` in Python, but not as a sampled value."""
+    if isinstance(a, bool) or isinstance(b, bool) or isinstance(a, str) or isinstance(b, str):
+        return type(a) is type(b) and a == b
+    return a == b
+
+
+def _dependency_order(params: Sequence[Param]) -> tuple[Param, ...]:
+    """The parameters with each after its parents, otherwise in declaration order; a cycle
+    is a SpaceError naming the parameters in it."""
+    placed: dict[str, Param] = {}
+    waiting = list(params)
+    while waiting:
+        ready = next(
+            (p for p in waiting if all(key in placed for key, _ in p.when)),
+            None,
+        )
+        if ready is None:
+            cycle = sorted(p.name for p in waiting)
+            raise SpaceError(
+                f"the conditions (`when`) of {cycle} depend on each other in a cycle, so no "
+                "order samples their parents first; remove one of the conditions"
+            )
+        placed[ready.name] = ready
+        waiting.remove(ready)
+    return tuple(placed.values())
+
+
+# Each built-in space is a TOML file in orchestrator/spaces/, shipped with the package.
+_BUILTIN_FILES = {"cnn": "cnn", "resnet18": "resnet", "resnet34": "resnet", "resnet50": "resnet"}
+
+
+def builtin_text(name: str) -> str:
+    """The TOML text of a built-in space, by model (`resnet18`) or file name (`resnet`)."""
+    stem = _BUILTIN_FILES.get(name, name)
+    if stem not in set(_BUILTIN_FILES.values()):
+        known = sorted({*_BUILTIN_FILES, *_BUILTIN_FILES.values()})
+        raise SpaceError(
+            f"there is no built-in search space {name!r} (built in: {', '.join(known)}); "
+            "`orchestrate space list` shows them, or pass your own with --space FILE"
+        )
+    return (resources.files("orchestrator") / "spaces" / f"{stem}.toml").read_text()
+
+
+def builtin_names() -> dict[str, list[str]]:
+    """Each built-in space's name with the models that use it by default."""
+    names: dict[str, list[str]] = {}
+    for model, stem in _BUILTIN_FILES.items():
+        names.setdefault(stem, []).append(model)
+    return names
+
+
+def cnn_space() -> SearchSpace:
+    """The built-in space for the MNIST CNN (orchestrator/spaces/cnn.toml)."""
+    return parse_space(builtin_text("cnn"), name="cnn", source="built-in space cnn")
 
 
 def resnet_space() -> SearchSpace:
-    """The built-in space for the ResNets: SGD with Nesterov momentum, as they are trained.
-
-    The cosine schedule gets one epoch of warm-up (one-cycle warms up by itself), so a
-    ResNet study needs --epochs 2 or more.
-    """
-    return SearchSpace(
-        name="resnet",
-        params=(
-            FloatParam("lr", 1e-3, 0.4, log=True, grid=(0.01, 0.05, 0.1)),
-            CategoricalParam("batch_size", (64, 128, 256)),
-            FloatParam("momentum", 0.8, 0.98, grid=(0.85, 0.9, 0.95)),
-            FloatParam("weight_decay", 1e-5, 1e-3, log=True, grid=(5e-5, 1e-4, 5e-4)),
-            CategoricalParam("schedule", ("cosine", "onecycle")),
-            FloatParam("label_smoothing", 0.0, 0.2, grid=(0.0, 0.1)),
-        ),
-        fixed=(
-            FixedParam("optimizer", "sgd"),
-            FixedParam("nesterov", True),
-            FixedParam("no_decay_norm_bias", True),
-            FixedParam("warmup_epochs", 1, when=(("schedule", "cosine"),)),
-        ),
-    )
+    """The built-in space for the ResNets (orchestrator/spaces/resnet.toml)."""
+    return parse_space(builtin_text("resnet"), name="resnet", source="built-in space resnet")
 
 
 BUILTIN_SPACES: dict[str, Callable[[], SearchSpace]] = {
@@ -265,29 +384,36 @@ def builtin_space(model: str) -> SearchSpace:
 def load_space(path: Path) -> SearchSpace:
     """Reads a search space from a TOML file (the module docstring shows the layout)."""
     try:
-        document = tomllib.loads(path.read_text())
+        text = path.read_text()
     except OSError as err:
         raise SpaceError(f"cannot read the search space {path}: {err.strerror}") from err
+    return parse_space(text, name=path.stem, source=str(path))
+
+
+def parse_space(text: str, *, name: str, source: str) -> SearchSpace:
+    """A search space from TOML text; `source` names it in messages."""
+    try:
+        document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
-        raise SpaceError(f"{path} is not valid TOML: {err}") from err
+        raise SpaceError(f"{source} is not valid TOML: {err}") from err
 
     unknown = set(document) - {"params", "fixed"}
     if unknown:
-        raise SpaceError(f"{path}: unknown tables {sorted(unknown)}; expected params, fixed")
+        raise SpaceError(f"{source}: unknown tables {sorted(unknown)}; expected params, fixed")
     try:
         params = tuple(
-            _param_from_toml(name, table)
-            for name, table in _tables(document.get("params", {}), "params")
+            _param_from_toml(key, table)
+            for key, table in _tables(document.get("params", {}), "params")
         )
         fixed = tuple(
-            _fixed_from_toml(name, table)
-            for name, table in _tables(document.get("fixed", {}), "fixed")
+            _fixed_from_toml(key, table)
+            for key, table in _tables(document.get("fixed", {}), "fixed")
         )
         if not params:
             raise SpaceError("the [params] table samples nothing")
-        return SearchSpace(name=path.stem, params=params, fixed=fixed)
+        return SearchSpace(name=name, params=params, fixed=fixed)
     except SpaceError as err:
-        raise SpaceError(f"{path}: {err}") from err
+        raise SpaceError(f"{source}: {err}") from err
 
 
 def _tables(section: object, where: str) -> list[tuple[str, Mapping[str, object]]]:
@@ -303,7 +429,8 @@ def _tables(section: object, where: str) -> list[tuple[str, Mapping[str, object]
 
 def _param_from_toml(name: str, table: Mapping[str, object]) -> Param:
     kind = table.get("type")
-    allowed = {"type", "low", "high", "log", "grid"}
+    allowed = {"type", "low", "high", "log", "grid", "when"}
+    when = _when(f"params.{name}", table)
     if kind == "float":
         _no_extra_keys(name, table, allowed)
         return FloatParam(
@@ -312,6 +439,7 @@ def _param_from_toml(name: str, table: Mapping[str, object]) -> Param:
             _number(name, table, "high"),
             log=_flag_value(name, table, "log"),
             grid=tuple(float(v) for v in _list(name, table, "grid", (int, float))),
+            when=when,
         )
     if kind == "int":
         _no_extra_keys(name, table, allowed)
@@ -321,11 +449,12 @@ def _param_from_toml(name: str, table: Mapping[str, object]) -> Param:
             _integer(name, table, "high"),
             log=_flag_value(name, table, "log"),
             grid=tuple(int(v) for v in _list(name, table, "grid", (int,))),
+            when=when,
         )
     if kind == "categorical":
-        _no_extra_keys(name, table, {"type", "choices"})
+        _no_extra_keys(name, table, {"type", "choices", "when"})
         choices = _list(name, table, "choices", (bool, int, float, str))
-        return CategoricalParam(name, tuple(choices))
+        return CategoricalParam(name, tuple(choices), when=when)
     raise SpaceError(
         f"[params.{name}] type must be one of 'float', 'int', 'categorical', but got {kind!r}"
     )
@@ -336,12 +465,19 @@ def _fixed_from_toml(name: str, table: Mapping[str, object]) -> FixedParam:
     value = table.get("value")
     if not isinstance(value, (bool, int, float, str)):
         raise SpaceError(f"[fixed.{name}] value must be a number, string or boolean")
+    return FixedParam(name, value, when=_when(f"fixed.{name}", table))
+
+
+def _when(where: str, table: Mapping[str, object]) -> Condition:
     when = table.get("when", {})
     if not isinstance(when, dict) or not all(
         isinstance(v, (bool, int, float, str)) for v in when.values()
     ):
-        raise SpaceError(f"[fixed.{name}] when must be a table of parameter = value")
-    return FixedParam(name, value, when=tuple(sorted(when.items())))
+        raise SpaceError(
+            f"[{where}] when must be a table of parameter = value, "
+            f'like when = {{ optimizer = "sgd" }}, but got {when!r}'
+        )
+    return tuple(sorted(when.items()))
 
 
 def _no_extra_keys(name: str, table: Mapping[str, object], allowed: set[str]) -> None:
@@ -394,17 +530,22 @@ def _check_range(name: str, low: float, high: float, log: bool, grid: Sequence[f
 
 
 def _describe(param: Param) -> dict[str, object]:
+    described: dict[str, object]
     if isinstance(param, CategoricalParam):
-        return {"name": param.name, "type": "categorical", "choices": list(param.choices)}
-    kind = "float" if isinstance(param, FloatParam) else "int"
-    return {
-        "name": param.name,
-        "type": kind,
-        "low": param.low,
-        "high": param.high,
-        "log": param.log,
-        "grid": list(param.grid),
-    }
+        described = {"name": param.name, "type": "categorical", "choices": list(param.choices)}
+    else:
+        described = {
+            "name": param.name,
+            "type": "float" if isinstance(param, FloatParam) else "int",
+            "low": param.low,
+            "high": param.high,
+            "log": param.log,
+            "grid": list(param.grid),
+        }
+    # Only when there is one, so that studies made before conditions existed still match.
+    if param.when:
+        described["when"] = dict(param.when)
+    return described
 
 
 def _flag(name: str) -> str:

@@ -22,7 +22,6 @@ below every completed trial, so the region where training diverges is learned as
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import math
 import os
@@ -30,7 +29,8 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,8 +39,10 @@ from typing import TYPE_CHECKING
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from orchestrator import objectives as objectives_mod
 from orchestrator import preflight, provenance
-from orchestrator.errors import Interrupted, StudyMismatch
+from orchestrator.enqueue import enqueue_once
+from orchestrator.errors import ArgumentsError, Interrupted, StudyMismatch
 from orchestrator.events import EpochEvent, StartEvent
 from orchestrator.interrupt import Interrupter, SecondSignal
 from orchestrator.parallel import (
@@ -72,6 +74,7 @@ _COMPARED = (
     "space",
     "extra",
     "grid",
+    "objectives",
 )
 # Reasons for a FAIL that say nothing about the parameters: such trials do not count
 # toward --trials (a trial without any reason lost its worker, and was queued again).
@@ -156,6 +159,13 @@ class TuneConfig:
     trials_per_gpu: int = 1
     # Seconds between a running trial's heartbeats (database storages); None turns them off.
     heartbeat: int | None = 30
+    # Keyword arguments for the sampler's and the pruner's constructors.
+    sampler_args: Mapping[str, object] = field(default_factory=dict)
+    pruner_args: Mapping[str, object] = field(default_factory=dict)
+    # Known points tried first, each queued once per study (`--enqueue`).
+    enqueue: tuple[Mapping[str, Value], ...] = ()
+    # What the study optimises (objectives.DIRECTIONS); several make a Pareto front.
+    objectives: tuple[str, ...] = objectives_mod.DEFAULT
 
     def __post_init__(self) -> None:
         if self.trials < 1:
@@ -172,6 +182,13 @@ class TuneConfig:
             raise ValueError(f"sampler must be one of {sorted(SAMPLERS)}, but got {self.sampler}")
         if self.pruner not in PRUNERS:
             raise ValueError(f"pruner must be one of {sorted(PRUNERS)}, but got {self.pruner}")
+        unknown = [name for name in self.objectives if name not in objectives_mod.DIRECTIONS]
+        if unknown or not self.objectives:
+            raise ValueError(f"objectives must be some of {list(objectives_mod.DIRECTIONS)}")
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
 
 
 @dataclass(frozen=True)
@@ -202,6 +219,7 @@ class Objective:
         gpus: SlotPool | None = None,
         grid: bool = False,
         beat: Callable[[int], None] | None = None,
+        objectives: tuple[str, ...] = objectives_mod.DEFAULT,
     ) -> None:
         self.trainer = trainer
         self.flags = flags
@@ -213,6 +231,7 @@ class Objective:
         self.gpus = gpus
         self.grid = grid
         self.beat = beat
+        self.objectives = objectives
 
     def command(self, sampled: dict[str, Value]) -> list[str]:
         """The exact trainer command for a sampled point."""
@@ -225,7 +244,7 @@ class Objective:
             *self.space.flags(sampled),
         ]
 
-    def __call__(self, trial: optuna.Trial) -> float:
+    def __call__(self, trial: optuna.Trial) -> float | list[float]:
         if self.interrupter.interrupted:
             _end_early(trial, "interrupted", "the study was stopped before this trial started")
         if self.grid and not _from_queue(trial):
@@ -264,7 +283,7 @@ class Objective:
             signum = self.interrupter.signal or signal.SIGINT
             failure = Failure("interrupted", f"stopped by {signal.Signals(signum).name}")
         if failure is not None and failure.reason == "diverged":
-            self._diverged(trial, outcome, failure)
+            return self._diverged(trial, outcome, failure)
         if failure is not None:
             self._record_failure(trial, outcome, failure)
             raise TrialFailed(failure.reason, failure.message)
@@ -280,7 +299,11 @@ class Objective:
             seconds=round(outcome.seconds, 3),
             parameters=outcome.start.parameters if outcome.start else None,
         )
-        return result.val_loss
+        if self.objectives != objectives_mod.DEFAULT:
+            # The value is something else (or several things); reports still show val_loss.
+            trial.set_user_attr("val_loss", _json_float(result.val_loss))
+        values = objectives_mod.values(self.objectives, result, outcome.start)
+        return values if len(values) > 1 else values[0]
 
     @contextmanager
     def _gpu(self) -> Iterator[str | None]:
@@ -306,7 +329,12 @@ class Objective:
                 if best is None or event.val_loss < best.val_loss:
                     best = event
 
-                trial.report(event.val_loss, step=event.epoch)
+                if len(self.objectives) > 1:
+                    continue  # Optuna neither records nor prunes on several objectives
+                value = objectives_mod.epoch_value(
+                    self.objectives[0], event.val_loss, event.val_accuracy
+                )
+                trial.report(value, step=event.epoch)
                 # After the last epoch the work is done: pruning then would only discard it.
                 if event.epoch < event.epochs and trial.should_prune():
                     process.end()
@@ -327,15 +355,33 @@ class Objective:
                     )
             return process.wait()
 
-    def _diverged(self, trial: optuna.Trial, outcome: RunOutcome, failure: Failure) -> None:
-        """Reports the penalty at the epoch where training diverged and prunes the trial."""
+    def _diverged(self, trial: optuna.Trial, outcome: RunOutcome, failure: Failure) -> list[float]:
+        """Reports the penalty at the epoch where training diverged and prunes the trial; with
+        several objectives, which Optuna cannot prune, it completes with penalty values."""
         epoch, penalty = divergence_penalty(outcome.epochs)
-        trial.report(penalty, step=epoch)
         _set_user_attrs(trial, penalty=penalty, diverged_at_epoch=epoch)
-        ending = f"diverged at epoch {epoch}; recorded PRUNED with the penalty {penalty:.4g}"
+        if len(self.objectives) > 1:
+            start = outcome.start
+            values = objectives_mod.diverged_values(
+                self.objectives,
+                penalty,
+                seconds=outcome.seconds,
+                parameters=start.parameters if start is not None else None,
+            )
+            ending = (
+                f"diverged at epoch {epoch}; recorded COMPLETE with the penalty values {values} "
+                "and a violated constraint"
+            )
+            self._record_failure(trial, outcome, failure, ending=ending)
+            return values
+
+        # val_accuracy's worst is 0, val_loss's the penalty.
+        reported = 0.0 if self.objectives[0] == "val_accuracy" else penalty
+        trial.report(reported, step=epoch)
+        ending = f"diverged at epoch {epoch}; recorded PRUNED with the penalty {reported:.4g}"
         self._record_failure(trial, outcome, failure, ending=ending)
         raise optuna.TrialPruned(
-            f"Diverged at epoch {epoch}: reported the penalty {penalty:.6g} instead."
+            f"Diverged at epoch {epoch}: reported the penalty {reported:.6g} instead."
         )
 
     def _record_failure(
@@ -469,6 +515,14 @@ def tune(
     data_dir = preflight.data_dir_for(config.flags.data_dir, config.flags.extra)
     preflight.check_data(config.flags.dataset, data_dir)
     grid = config.space.grid() if config.sampler == "grid" else None
+    if grid is not None and config.enqueue:
+        raise ArgumentsError(
+            "--enqueue cannot be used with --sampler grid, which queues every grid point "
+            "itself; add the configurations' values as grid points instead"
+        )
+    # Built once here so that bad --sampler-args or --pruner-args stop tune before any study.
+    _sampler(config, config.seed)
+    pruner = _pruner(config)
     gpus = _gpu_pool(config)
 
     _quiet_optuna_failure_logs()
@@ -477,18 +531,13 @@ def tune(
     study, created = _create_or_load(config, storage)
     seed = _settle_settings(study, config, created, grid)
     fail_stale_trials(study)
+    enqueue_once(study, config.enqueue)
 
     before = _progress(study)
     missing = config.trials - before.counted - before.running
     first_number = len(study.get_trials(deepcopy=False))
     study.sampler = _sampler(config, seed + first_number)
-    study.pruner = PRUNERS[config.pruner](
-        PrunerSettings(
-            epochs=config.flags.epochs,
-            startup_trials=config.pruner_startup_trials,
-            warmup_epochs=config.pruner_warmup_epochs,
-        )
-    )
+    study.pruner = pruner
 
     stop_reason = _why_nothing_to_do(before, missing, grid is not None)
     interrupter = Interrupter()
@@ -506,6 +555,7 @@ def tune(
                 gpus=gpus,
                 grid=grid is not None,
                 beat=_heartbeat_of(storage),
+                objectives=config.objectives,
             ),
             first_number=first_number if config.n_jobs == 1 else None,
             make_sampler=lambda sampler_seed: _sampler(config, sampler_seed),
@@ -516,7 +566,7 @@ def tune(
         ]
         if on_trial is not None:
             callbacks.append(lambda _study, trial: on_trial(trial))
-        run_trial: Callable[[optuna.Trial], float] = objective
+        run_trial: Callable[[optuna.Trial], float | list[float]] = objective
         if watcher is not None:
             watcher.begin(study, config.trials)
             run_trial = watcher.watching(objective)
@@ -547,6 +597,8 @@ def tune(
             stop_reason = "the grid is exhausted"
         elif config.timeout is not None and time.monotonic() - started >= config.timeout:
             stop_reason = f"the --timeout of {config.timeout:g} s was reached"
+        elif config.sampler == "bruteforce" and ran < missing:
+            stop_reason = "the bruteforce sampler has tried every combination"
 
     return TuneSummary(
         study_name=config.study_name,
@@ -579,7 +631,7 @@ class _Reseeding:
         self._seed = seed
         self._lock = threading.Lock()
 
-    def __call__(self, trial: optuna.Trial) -> float:
+    def __call__(self, trial: optuna.Trial) -> float | list[float]:
         with self._lock:
             expected, self._first_number = self._first_number, None
         if expected is not None and trial.number != expected:
@@ -595,9 +647,30 @@ def _heartbeat_of(storage: optuna.storages.BaseStorage) -> Callable[[int], None]
     return None
 
 
-def _sampler(config: TuneConfig, seed: int) -> optuna.samplers.BaseSampler:
+def _sampler(config: TuneConfig, seed: int | None) -> optuna.samplers.BaseSampler:
     return SAMPLERS[config.sampler](
-        SamplerSettings(seed, config.space, startup_trials=config.sampler_startup_trials)
+        SamplerSettings(
+            seed,
+            config.space,
+            startup_trials=config.sampler_startup_trials,
+            args=config.sampler_args,
+            multi_objective=config.multi_objective,
+        )
+    )
+
+
+def _pruner(config: TuneConfig) -> optuna.pruners.BasePruner:
+    if config.multi_objective and config.pruner != "none":
+        raise ArgumentsError(
+            f"--pruner {config.pruner} cannot prune a study with several --objectives"
+        )
+    return PRUNERS[config.pruner](
+        PrunerSettings(
+            epochs=config.flags.epochs,
+            startup_trials=config.pruner_startup_trials,
+            warmup_epochs=config.pruner_warmup_epochs,
+            args=config.pruner_args,
+        )
     )
 
 
@@ -626,7 +699,9 @@ def _create_or_load(
     """The study, and whether this worker created it (and so must store its settings)."""
     try:
         study = optuna.create_study(
-            study_name=config.study_name, storage=storage, direction="minimize"
+            study_name=config.study_name,
+            storage=storage,
+            directions=objectives_mod.directions(config.objectives),
         )
         return study, True
     except optuna.exceptions.DuplicatedStudyError:
@@ -656,10 +731,14 @@ def _settle_settings(
 ) -> int:
     """Stores the study's shared settings (and queues a grid), or checks them on resume;
     returns the seed."""
-    if len(study.directions) != 1 or study.direction != optuna.study.StudyDirection.MINIMIZE:
+    wanted_directions = objectives_mod.directions(config.objectives)
+    if list(study.directions) != wanted_directions:
+        recorded = ",".join(objectives_mod.objectives_of(study))
         raise StudyMismatch(
-            f"study {config.study_name!r} in {config.storage} does not minimise one value; "
-            "choose another --study name"
+            f"study {config.study_name!r} in {config.storage} optimises {recorded} "
+            f"({', '.join(d.name.lower() for d in study.directions)}), but this command asks "
+            f"for --objectives {','.join(config.objectives)}; give the study's objectives, "
+            "or choose another --study name"
         )
 
     stored = study.user_attrs.get(SETTINGS_ATTR)
@@ -682,16 +761,22 @@ def _settle_settings(
         "space": config.space.describe(),
         "extra": list(config.flags.extra),
         "grid": grid is not None,
+        "objectives": list(config.objectives),
     }
     if not isinstance(stored, dict):
         if grid is not None:
-            _queue_grid(study, grid, seed)
+            _queue_grid(study, config.space, seed)
+        study.set_user_attr(objectives_mod.OBJECTIVES_ATTR, list(config.objectives))
+        with warnings.catch_warnings():
+            # Experimental in Optuna; names the values in Optuna's own tools (the dashboard).
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(config.objectives))
         # Last: other workers of a grid study wait for it, and then find the queue full.
         study.set_user_attr(SETTINGS_ATTR, wanted)
         return seed
 
-    # Studies from before `extra` and `grid` existed had neither.
-    stored = {"extra": [], "grid": False, **stored}
+    # Studies from before `extra`, `grid` and `objectives` existed had none of them.
+    stored = {"extra": [], "grid": False, "objectives": list(objectives_mod.DEFAULT), **stored}
     different = [key for key in _COMPARED if stored.get(key) != wanted[key]]
     if different:
         details = "; ".join(
@@ -721,11 +806,10 @@ def _wait_for_settings(study: optuna.Study) -> object:
     return None
 
 
-def _queue_grid(study: optuna.Study, grid: dict[str, list[Value]], seed: int) -> None:
-    """Queues every point of the grid, in an order shuffled by the seed."""
-    names = list(grid)
-    combinations = itertools.product(*grid.values())
-    points = [dict(zip(names, values, strict=True)) for values in combinations]
+def _queue_grid(study: optuna.Study, space: SearchSpace, seed: int) -> None:
+    """Queues every point of the grid (only the combinations whose conditions hold), in an
+    order shuffled by the seed."""
+    points = space.grid_combinations()
     random.Random(seed).shuffle(points)
     for point in points:
         study.enqueue_trial(point, skip_if_exists=False)
@@ -755,7 +839,8 @@ def state_counts(study: optuna.Study) -> dict[str, int]:
 
 def _best_trial(study: optuna.Study) -> FrozenTrial | None:
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return study.best_trial if complete else None
+    # A study with several objectives has a Pareto front instead (`orchestrate best`).
+    return study.best_trial if complete and len(study.directions) == 1 else None
 
 
 def _set_user_attrs(trial: optuna.Trial, **attrs: object) -> None:

@@ -5,10 +5,11 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers import REAL_FLAGS
+from helpers import REAL_FLAGS, REPO
 
 from orchestrator.errors import SpaceError
 from orchestrator.space import (
+    BUILTIN_SPACES,
     CategoricalParam,
     FixedParam,
     FloatParam,
@@ -16,8 +17,10 @@ from orchestrator.space import (
     SearchSpace,
     Value,
     builtin_space,
+    builtin_text,
     cnn_space,
     load_space,
+    parse_space,
 )
 
 
@@ -26,14 +29,14 @@ def test_the_cnn_space_samples_the_issue_s_parameters() -> None:
 
     # lr and weight_decay on a log scale, batch size and optimizer categorical, dropout linear.
     names = {p.name: p for p in space.params}
-    assert set(names) == {"lr", "batch_size", "optimizer", "weight_decay", "dropout"}
+    assert set(names) == {"lr", "batch_size", "optimizer", "weight_decay", "dropout", "momentum"}
     assert isinstance(names["lr"], FloatParam) and names["lr"].log
     assert isinstance(names["weight_decay"], FloatParam) and names["weight_decay"].log
     assert names["batch_size"] == CategoricalParam("batch_size", (64, 128, 256))
     assert names["optimizer"] == CategoricalParam("optimizer", ("sgd", "adam", "adamw"))
 
 
-def test_flags_use_kebab_case_and_momentum_only_for_sgd() -> None:
+def test_flags_use_kebab_case() -> None:
     space = cnn_space()
     point: dict[str, Value] = {
         "lr": 0.001,
@@ -43,12 +46,22 @@ def test_flags_use_kebab_case_and_momentum_only_for_sgd() -> None:
     }
 
     # Names become flags; floats are written so that they read back exactly.
-    assert space.flags({**point, "dropout": 0.1}) == [
+    assert space.flags({**point, "dropout": 0.1, "momentum": 0.95}) == [
         "--lr", "0.001", "--batch-size", "64", "--optimizer", "sgd",
-        "--weight-decay", "1e-05", "--dropout", "0.1", "--momentum", "0.9",
+        "--weight-decay", "1e-05", "--dropout", "0.1", "--momentum", "0.95",
     ]  # fmt: skip
-    # Adam gets no momentum flag.
-    assert "--momentum" not in space.flags({**point, "optimizer": "adam", "dropout": 0.1})
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_the_cnn_space_samples_momentum_only_for_sgd(seed: int) -> None:
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    trials = [study.ask() for _ in range(6)]
+
+    for trial in trials:
+        sampled = cnn_space().sample(trial)
+        # SGD trials sample a momentum; Adam and AdamW trials have none, not even in Optuna.
+        assert ("momentum" in sampled) == (sampled["optimizer"] == "sgd")
+        assert ("momentum" in trial.params) == (sampled["optimizer"] == "sgd")
 
 
 def test_booleans_become_bare_flags() -> None:
@@ -109,11 +122,13 @@ def test_resnets_share_an_sgd_space_with_warmup_for_cosine() -> None:
     # The issue's list: lr, weight decay, momentum, schedule, label smoothing, batch size.
     assert {"lr", "weight_decay", "momentum", "schedule", "label_smoothing", "batch_size"} <= names
     assert builtin_space("resnet50") == space
-    # Warm-up comes with cosine only: one-cycle would reject it.
-    cosine = space.flags({"schedule": "cosine"})
-    onecycle = space.flags({"schedule": "onecycle"})
-    assert "--warmup-epochs" in cosine and "--warmup-epochs" not in onecycle
-    assert "--nesterov" in cosine
+    # Warm-up is sampled with cosine only: one-cycle would reject it.
+    warmup = next(p for p in space.params if p.name == "warmup_epochs")
+    assert warmup.when == (("schedule", "cosine"),)
+    grid = space.grid_combinations()
+    assert {p.get("warmup_epochs") for p in grid if p["schedule"] == "cosine"} == {0, 1}
+    assert all("warmup_epochs" not in p for p in grid if p["schedule"] == "onecycle")
+    assert "--nesterov" in space.flags({"schedule": "cosine"})
 
 
 def test_a_toml_space_loads(tmp_path: Path) -> None:
@@ -202,7 +217,7 @@ def test_the_trainer_accepts_every_flag_the_cnn_space_gives(
         "optimizer": "sgd",
         "weight_decay": 0.01,
     }
-    flags = space.flags({**point, "dropout": 0.6})
+    flags = space.flags({**point, "dropout": 0.6, "momentum": 0.99})
 
     command = [str(real_trainer), "train", "--data-dir", str(data_dir), "--epochs", "1"]
     completed = subprocess.run(
@@ -214,3 +229,121 @@ def test_the_trainer_accepts_every_flag_the_cnn_space_gives(
 
     # The trainer takes them all and trains.
     assert completed.returncode == 0, completed.stderr[-2000:]
+
+
+def _conditional_space(tmp_path: Path, text: str) -> SearchSpace:
+    path = tmp_path / "cond.toml"
+    path.write_text(text.replace("\n        ", "\n"))
+    return load_space(path)
+
+
+def test_a_conditional_parameter_is_sampled_after_its_parent(tmp_path: Path) -> None:
+    # Declared before its parent: the space still samples the parent first.
+    space = _conditional_space(
+        tmp_path,
+        """
+        [params.momentum]
+        type = "float"
+        low = 0.8
+        high = 0.99
+        when = { optimizer = "sgd" }
+
+        [params.optimizer]
+        type = "categorical"
+        choices = ["sgd", "adam"]
+        """,
+    )
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+
+    points = [space.sample(study.ask()) for _ in range(12)]
+
+    # The parent comes first in the sampling order, and momentum appears with sgd alone.
+    assert [p.name for p in space.order] == ["optimizer", "momentum"]
+    assert {p["optimizer"] for p in points} == {"sgd", "adam"}
+    assert all(("momentum" in p) == (p["optimizer"] == "sgd") for p in points)
+
+
+def test_conditions_chain_through_an_unsampled_parent(tmp_path: Path) -> None:
+    space = _conditional_space(
+        tmp_path,
+        """
+        [params.optimizer]
+        type = "categorical"
+        choices = ["sgd", "adam"]
+
+        [params.nesterov]
+        type = "categorical"
+        choices = [true, false]
+        when = { optimizer = "sgd" }
+
+        [params.momentum]
+        type = "float"
+        low = 0.8
+        high = 0.99
+        grid = [0.9, 0.95]
+        when = { nesterov = true }
+        """,
+    )
+
+    grid = space.grid_combinations()
+
+    # The grid holds only valid combinations: adam alone, sgd without Nesterov, and sgd
+    # with Nesterov at each momentum; no point twice.
+    assert sorted(grid, key=repr) == sorted(
+        [
+            {"optimizer": "adam"},
+            {"optimizer": "sgd", "nesterov": False},
+            {"optimizer": "sgd", "nesterov": True, "momentum": 0.9},
+            {"optimizer": "sgd", "nesterov": True, "momentum": 0.95},
+        ],
+        key=repr,
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        (
+            '[params.momentum]\ntype = "float"\nlow = 0.8\nhigh = 0.9\n'
+            'when = { optimiser = "sgd" }',
+            r"'momentum' depends on \['optimiser'\], which the space does not sample",
+        ),
+        (
+            '[params.a]\ntype = "categorical"\nchoices = [1, 2]\nwhen = { b = 1 }\n'
+            '[params.b]\ntype = "categorical"\nchoices = [1, 2]\nwhen = { a = 1 }',
+            r"\['a', 'b'\] depend on each other in a cycle",
+        ),
+        (
+            '[params.a]\ntype = "categorical"\nchoices = [1, 2]\nwhen = { a = 1 }',
+            r"\['a'\] depend on each other in a cycle",
+        ),
+        (
+            '[params.o]\ntype = "categorical"\nchoices = ["sgd"]\n'
+            '[params.m]\ntype = "float"\nlow = 0.1\nhigh = 0.9\nwhen = { o = "adam" }',
+            r"'m' depends on o = 'adam', which o never takes",
+        ),
+        (
+            '[params.o]\ntype = "categorical"\nchoices = ["sgd"]\n'
+            '[params.m]\ntype = "float"\nlow = 0.1\nhigh = 0.9\nwhen = "sgd"',
+            r"\[params.m\] when must be a table",
+        ),
+    ],
+)
+def test_bad_conditions_name_the_parameter(tmp_path: Path, text: str, words: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+
+    # An unknown or cyclic parent, or a value the parent never takes, names what is wrong.
+    with pytest.raises(SpaceError, match=words):
+        load_space(path)
+
+
+@pytest.mark.parametrize("model", sorted(BUILTIN_SPACES))
+def test_the_builtin_spaces_are_the_packaged_toml_files(model: str) -> None:
+    text = builtin_text(model)
+
+    # The shipped file is what `space show` prints and what --model picks, and it explains
+    # itself in comments.
+    assert text.startswith("# The built-in search space")
+    assert parse_space(text, name=builtin_space(model).name, source="x") == builtin_space(model)
+    assert (REPO / "orchestrator" / "spaces").is_dir()
