@@ -30,7 +30,8 @@ def check_trainer(trainer: Path, space: SearchSpace, extra: Iterable[str]) -> No
     flags = describe_trainer(trainer)
     check_space(space, flags)
     known = {spec.flag for spec in flags.values()}
-    for token in extra:
+    tokens = list(extra)
+    for token in tokens:
         flag = token.split("=", 1)[0]
         if flag.startswith("--") and flag not in known:
             raise SpaceError(
@@ -38,17 +39,38 @@ def check_trainer(trainer: Path, space: SearchSpace, extra: Iterable[str]) -> No
                 "accepts; see `rust-trainer describe` or `rust-trainer train --help`"
             )
 
+    # Trials are scored on the validation set; without one every trial would fail.
+    fraction = last_value(tokens, "--val-fraction")
+    if fraction is not None and _is_zero(fraction):
+        raise SpaceError(
+            f"--val-fraction {fraction} after `--` leaves no validation set, and trials are "
+            "scored on it; drop it (training on all the data is what `orchestrate final` does)"
+        )
+
+
+def last_value(tokens: list[str], flag: str) -> str | None:
+    """The value the trainer will take for `flag`: the last `FLAG VALUE` or `FLAG=VALUE`."""
+    chosen = None
+    for index, token in enumerate(tokens):
+        if token == flag and index + 1 < len(tokens):
+            chosen = tokens[index + 1]
+        elif token.startswith(f"{flag}="):
+            chosen = token.split("=", 1)[1]
+    return chosen
+
+
+def _is_zero(text: str) -> bool:
+    try:
+        return float(text) == 0
+    except ValueError:
+        return False  # not a number: the trainer's own message names it
+
 
 def data_dir_for(data_dir: Path | None, extra: Iterable[str]) -> Path:
     """The --data-dir the trainer will use: the last one passed, its variable, or its
     default."""
-    chosen = data_dir
-    tokens = list(extra)
-    for index, token in enumerate(tokens):
-        if token == "--data-dir" and index + 1 < len(tokens):
-            chosen = Path(tokens[index + 1])
-        elif token.startswith("--data-dir="):
-            chosen = Path(token.split("=", 1)[1])
+    given = last_value(list(extra), "--data-dir")
+    chosen = Path(given) if given is not None else data_dir
     if chosen is not None:
         return chosen
     from_env = os.environ.get(DATA_DIR_ENV)

@@ -71,3 +71,15 @@ def test_a_trainer_that_cannot_describe_itself_is_not_found(tmp_path: Path) -> N
     # A binary that cannot even describe its flags cannot run a trial.
     with pytest.raises(TrainerNotFound, match="did not describe its flags"):
         check_trainer(broken, cnn_space(), [])
+
+
+@pytest.mark.parametrize("extra", [["--val-fraction", "0"], ["--val-fraction=0.0"]])
+def test_no_validation_set_after_the_double_dash_is_refused(
+    fake_trainer: FakeTrainer, extra: list[str]
+) -> None:
+    # Trials are scored on the validation set: the message names the flag and the way out.
+    with pytest.raises(SpaceError, match="leaves no validation set") as error:
+        check_trainer(fake_trainer(), cnn_space(), ["--val-fraction", "0.1", *extra])
+    assert "orchestrate final" in str(error.value)
+    # The last value counts, as in the trainer: a later non-zero fraction is fine.
+    check_trainer(fake_trainer(), cnn_space(), [*extra, "--val-fraction", "0.1"])
