@@ -9,11 +9,15 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
+# The benchmarks that run `orchestrate` use this checkout's package, installed or not.
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
 
 def trainer() -> Path:
@@ -33,6 +37,11 @@ def run_events(command: list[str]) -> tuple[list[dict[str, object]], float]:
         raise SystemExit(f"{command[0]} failed ({completed.returncode}):\n{completed.stderr}")
     events = [json.loads(line) for line in completed.stdout.splitlines() if line.startswith("{")]
     return events, wall
+
+
+def load_average() -> float:
+    """The 1-minute load average: how busy the machine was around a measurement."""
+    return os.getloadavg()[0]
 
 
 def median(values: list[float]) -> float:
@@ -61,13 +70,20 @@ def versions() -> str:
     )
 
 
-def record(title: str, lines: list[str]) -> None:
-    """Appends one dated section to RESULTS.md and prints it."""
+def _loads() -> str:
+    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def record(title: str, lines: list[str], write: bool = True) -> None:
+    """Prints one dated section and, with `write`, appends it to RESULTS.md."""
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     section = [f"## {title} ({stamp})", "", f"- machine: {machine()}", f"- versions: {versions()}"]
+    section.append(f"- load average (1, 5, 15 min) when recorded: {_loads()}")
     section += [*lines, ""]
     text = "\n".join(section)
     print(text)
+    if not write:
+        return
     if not RESULTS.exists():
         RESULTS.write_text(
             "# Benchmark results\n\nNewest last; each entry says how it was run.\n\n"

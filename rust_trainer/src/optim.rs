@@ -97,10 +97,20 @@ impl Optimizer {
     }
 
     /// One update of every parameter that has a gradient.
+    ///
+    /// The updates are PyTorch's single-tensor forms, in place: the state and the parameter
+    /// are updated where they lie, with at most two temporaries per parameter (the gradient
+    /// with weight decay added, and Adam's and RMSprop's denominator), where a naive
+    /// transcription allocates six or more. Products with the learning rate go through
+    /// `addcmul_`/`addcdiv_` with a zero-dimensional tensor, since tch's in-place ops take no
+    /// `alpha`/`value` scalar.
     pub fn step(&mut self) {
         self.steps += 1;
         let s = &self.settings;
         let (lr, t) = (s.lr, self.steps as i32);
+        let Some(first) = self.params.first() else { return };
+        let options = (first.value.kind(), first.value.device());
+        let neg_lr = Tensor::full([], -lr, options);
         tch::no_grad(|| {
             for param in &mut self.params {
                 let grad = param.value.grad();
@@ -112,19 +122,24 @@ impl Optimizer {
                 match s.kind {
                     OptimizerKind::Sgd => {
                         let grad = if wd > 0.0 { &grad + &*value * wd } else { grad };
-                        let update = match param.slots.first_mut() {
+                        match param.slots.first_mut() {
                             Some(buf) => {
                                 let _ = buf.g_mul_scalar_(s.momentum);
                                 let _ = buf.g_add_(&grad);
                                 if s.nesterov {
-                                    &grad + &*buf * s.momentum
+                                    // value -= lr * (grad + momentum * buf)
+                                    let _ = value.addcmul_(&grad, &neg_lr);
+                                    let neg_lr_momentum =
+                                        Tensor::full([], -lr * s.momentum, options);
+                                    let _ = value.addcmul_(buf, &neg_lr_momentum);
                                 } else {
-                                    buf.shallow_clone()
+                                    let _ = value.addcmul_(buf, &neg_lr);
                                 }
                             }
-                            None => grad,
-                        };
-                        let _ = value.g_sub_(&(update * lr));
+                            None => {
+                                let _ = value.addcmul_(&grad, &neg_lr);
+                            }
+                        }
                     }
                     OptimizerKind::Adam | OptimizerKind::Adamw => {
                         let grad = match s.kind {
@@ -135,30 +150,36 @@ impl Optimizer {
                             let _ = value.g_mul_scalar_(1.0 - lr * wd);
                         }
                         let [m, v] = &mut param.slots[..] else { unreachable!("two slots") };
-                        let _ = m.g_mul_scalar_(BETA1);
-                        let _ = m.g_add_(&(&grad * (1.0 - BETA1)));
+                        let _ = m.lerp_(&grad, 1.0 - BETA1);
                         let _ = v.g_mul_scalar_(BETA2);
-                        let _ = v.g_add_(&(grad.square() * (1.0 - BETA2)));
+                        let _ = v.addcmul_(&grad, &(&grad * (1.0 - BETA2)));
+                        // value -= lr / c1 * m / (sqrt(v) / sqrt(c2) + eps), with the step's
+                        // sign and size folded into the denominator for `addcdiv_`.
                         let correction1 = 1.0 - BETA1.powi(t);
-                        let correction2 = 1.0 - BETA2.powi(t);
-                        let denominator = v.sqrt() / correction2.sqrt() + EPS;
-                        let _ = value.g_sub_(&(&*m / denominator * (lr / correction1)));
+                        let root2 = (1.0 - BETA2.powi(t)).sqrt();
+                        let mut denominator = v.sqrt();
+                        let _ = denominator.g_add_scalar_(EPS * root2);
+                        let _ = denominator.g_mul_scalar_(-correction1 / (lr * root2));
+                        let _ = value.addcdiv_(m, &denominator);
                     }
                     OptimizerKind::Rmsprop => {
                         let grad = if wd > 0.0 { &grad + &*value * wd } else { grad };
                         let (square_avg, rest) = param.slots.split_first_mut().expect("a slot");
                         let _ = square_avg.g_mul_scalar_(RMSPROP_ALPHA);
-                        let _ = square_avg.g_add_(&(grad.square() * (1.0 - RMSPROP_ALPHA)));
-                        let scaled = grad / (square_avg.sqrt() + EPS);
-                        let update = match rest.first_mut() {
+                        let _ = square_avg.addcmul_(&grad, &(&grad * (1.0 - RMSPROP_ALPHA)));
+                        let mut average = square_avg.sqrt();
+                        let _ = average.g_add_scalar_(EPS);
+                        match rest.first_mut() {
                             Some(buf) => {
                                 let _ = buf.g_mul_scalar_(s.momentum);
-                                let _ = buf.g_add_(&scaled);
-                                buf.shallow_clone()
+                                let _ = buf.addcdiv_(&grad, &average);
+                                let _ = value.addcmul_(buf, &neg_lr);
                             }
-                            None => scaled,
-                        };
-                        let _ = value.g_sub_(&(update * lr));
+                            None => {
+                                let _ = average.g_mul_scalar_(-1.0 / lr);
+                                let _ = value.addcdiv_(&grad, &average);
+                            }
+                        }
                     }
                 }
             }

@@ -1,9 +1,15 @@
-//! The models the trainer knows, built from the configuration.
+//! The models the trainer knows, built from the configuration, and the initialisations they
+//! share with PyTorch.
+//!
+//! tch's layers start from its own defaults (Kaiming-uniform weights with a ReLU gain, whose
+//! bound is sqrt(6) times PyTorch's; zero convolution biases; BatchNorm scales drawn from
+//! U(0, 1)). The models here start as the same PyTorch modules do instead, so a run and its
+//! PyTorch counterpart differ only in their random draws.
 
 pub mod cnn;
 pub mod resnet;
 
-use tch::nn;
+use tch::nn::{self, Init};
 
 use crate::cli::ModelKind;
 use crate::config::Config;
@@ -31,6 +37,56 @@ pub fn build(
         }
         ModelKind::Resnet50 => {
             Box::new(resnet::resnet50(vs, shape[0], classes, config.width, config.dropout))
+        }
+    }
+}
+
+/// PyTorch's default for `nn.Conv2d` and `nn.Linear` weights and biases:
+/// `kaiming_uniform_(a = sqrt(5))`, which is U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+pub(crate) fn pytorch_default(fan_in: i64) -> Init {
+    let bound = 1.0 / (fan_in as f64).sqrt();
+    Init::Uniform { lo: -bound, up: bound }
+}
+
+/// A convolution initialised as PyTorch's `nn.Conv2d` is; `config` gives the rest.
+pub(crate) fn conv2d(
+    vs: nn::Path,
+    c_in: i64,
+    c_out: i64,
+    kernel: i64,
+    config: nn::ConvConfig,
+) -> nn::Conv2D {
+    let init = pytorch_default(c_in / config.groups * kernel * kernel);
+    nn::conv2d(vs, c_in, c_out, kernel, nn::ConvConfig { ws_init: init, bs_init: init, ..config })
+}
+
+/// A linear layer initialised as PyTorch's `nn.Linear` is.
+pub(crate) fn linear(vs: nn::Path, c_in: i64, c_out: i64) -> nn::Linear {
+    let init = pytorch_default(c_in);
+    nn::linear(vs, c_in, c_out, nn::LinearConfig { ws_init: init, bs_init: Some(init), bias: true })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    #[test]
+    fn layers_start_within_pytorchs_bounds() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let _conv = conv2d(&vs.root() / "conv", 32, 64, 5, Default::default());
+        let _fc = linear(&vs.root() / "fc", 1024, 10);
+        let variables = vs.variables();
+        for (name, fan_in) in [
+            ("conv.weight", 800.0),
+            ("conv.bias", 800.0),
+            ("fc.weight", 1024.0),
+            ("fc.bias", 1024.0),
+        ] {
+            let largest = variables[name].abs().max().double_value(&[]);
+            let bound = 1.0 / f64::sqrt(fan_in);
+            // U(-1/sqrt(fan_in), 1/sqrt(fan_in)), and the draws fill that range.
+            assert!(largest <= bound && largest > 0.9 * bound, "{name}: {largest} vs {bound}");
         }
     }
 }

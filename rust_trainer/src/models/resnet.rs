@@ -2,18 +2,31 @@
 //! residual blocks, global average pooling and the classifier.
 //!
 //! Parameter names follow torchvision's (`conv1`, `bn1`, `layer2.0.downsample.0`, `fc`), so
-//! a state dict can be exchanged with a PyTorch model of the same layout. `width` scales
-//! every stage's channels (64, 128, 256, 512 at 1.0) for quick runs.
+//! a state dict can be exchanged with a PyTorch model of the same layout, and so does the
+//! initialisation (Kaiming-normal convolutions over the fan-out, BatchNorm as the identity,
+//! PyTorch's default for the classifier). `width` scales every stage's channels (64, 128,
+//! 256, 512 at 1.0) for quick runs.
 
-use tch::nn::{self, ConvConfig, FuncT, ModuleT};
+use tch::nn::init::{FanInOut, NonLinearity, NormalOrUniform};
+use tch::nn::{self, BatchNormConfig, ConvConfig, FuncT, Init, ModuleT};
 
+/// A bias-free convolution, initialised as torchvision's ResNets do: Kaiming-normal with the
+/// ReLU gain over the fan-out.
 fn conv(vs: nn::Path, c_in: i64, c_out: i64, kernel: i64, stride: i64) -> nn::Conv2D {
-    let config = ConvConfig { stride, padding: kernel / 2, bias: false, ..Default::default() };
+    let ws_init = Init::Kaiming {
+        dist: NormalOrUniform::Normal,
+        fan: FanInOut::FanOut,
+        non_linearity: NonLinearity::ReLU,
+    };
+    let config =
+        ConvConfig { stride, padding: kernel / 2, bias: false, ws_init, ..Default::default() };
     nn::conv2d(vs, c_in, c_out, kernel, config)
 }
 
+/// BatchNorm starting as the identity (scale 1, shift 0), as PyTorch's does.
 fn bn(vs: nn::Path, channels: i64) -> nn::BatchNorm {
-    nn::batch_norm2d(vs, channels, Default::default())
+    let config = BatchNormConfig { ws_init: Init::Const(1.0), ..Default::default() };
+    nn::batch_norm2d(vs, channels, config)
 }
 
 /// A 1x1 convolution and BatchNorm on the shortcut, where the block changes the shape.
@@ -118,7 +131,7 @@ fn resnet(
         layers.push(stage(vs / format!("layer{}", index + 1), block, c_in, planes, stride, blocks));
         c_in = planes * block.expansion();
     }
-    let fc = nn::linear(vs / "fc", c_in, classes, Default::default());
+    let fc = super::linear(vs / "fc", c_in, classes);
     nn::func_t(move |xs, train| {
         let mut out = xs.apply(&conv1).apply_t(&bn1, train).relu();
         for layer in &layers {
