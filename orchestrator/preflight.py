@@ -16,16 +16,20 @@ from pathlib import Path
 from orchestrator import datasets
 from orchestrator.contract import check_space, describe_trainer
 from orchestrator.errors import DataNotFound, SpaceError
-from orchestrator.space import SearchSpace
+from orchestrator.space import RESERVED, SearchSpace
 
 DATA_DIR_ENV = "RUST_TRAINER_DATA_DIR"
 # The trainer's own default for --data-dir.
 DEFAULT_DATA_DIR = Path("data")
 # The file each dataset's loader opens first (raw or .gz for MNIST).
 _MARKERS = {"mnist": "train-images-idx3-ubyte", "cifar10": "data_batch_1.bin"}
+# Trainer flags that tune's own options set for every trial (--data-dir may follow `--`).
+TUNE_SETS = RESERVED - {"data_dir"}
 
 
-def check_trainer(trainer: Path, space: SearchSpace, extra: Iterable[str]) -> None:
+def check_trainer(
+    trainer: Path, space: SearchSpace, extra: Iterable[str], dataset: str | None = None
+) -> None:
     """The trainer must run, and accept every flag a trial would give it."""
     flags = describe_trainer(trainer)
     check_space(space, flags)
@@ -38,6 +42,32 @@ def check_trainer(trainer: Path, space: SearchSpace, extra: Iterable[str]) -> No
                 f"the trainer flag {token!r} after `--` is not one `rust-trainer train` "
                 "accepts; see `rust-trainer describe` or `rust-trainer train --help`"
             )
+
+    # A flag after `--` that tune sets or the space samples would be overridden (or would
+    # override) without a word, and the study's record would no longer say what ran.
+    for token in tokens:
+        name = token.split("=", 1)[0].removeprefix("--").replace("-", "_")
+        if not token.startswith("--"):
+            continue
+        if name in TUNE_SETS:
+            raise SpaceError(
+                f"{token.split('=', 1)[0]} after `--` would change what the study records; "
+                f"give it to tune itself (orchestrate tune --{name.replace('_', '-')} ...)"
+            )
+        if name in {p.name for p in space.params} | {f.name for f in space.fixed}:
+            raise SpaceError(
+                f"{token.split('=', 1)[0]} after `--` is set by the space {space.name!r}, "
+                "whose value would win; fix it in a space file ([fixed.NAME] value = ...) "
+                "or leave it out"
+            )
+
+    # tune's own choices are checked here too: a wrong one would fail every trial.
+    spec = flags.get("dataset")
+    if dataset is not None and spec is not None and spec.choices and dataset not in spec.choices:
+        raise SpaceError(
+            f"--dataset {dataset!r} is not one the trainer knows; use one of "
+            f"{', '.join(spec.choices)}"
+        )
 
     # Trials are scored on the validation set; without one every trial would fail.
     fraction = last_value(tokens, "--val-fraction")

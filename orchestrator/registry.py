@@ -161,8 +161,7 @@ def grid_sampler(settings: SamplerSettings) -> optuna.samplers.BaseSampler:
 
 
 def bruteforce_sampler(settings: SamplerSettings) -> optuna.samplers.BaseSampler:
-    """Every combination of int and categorical values, conditional ones included; stops when
-    done."""
+    """Every combination of int and categorical values, conditional ones included, once."""
     continuous = [p.name for p in settings.space.params if isinstance(p, FloatParam)]
     if continuous:
         raise ArgumentsError(
@@ -407,8 +406,8 @@ PRUNERS: dict[str, PrunerFactory] = {
 
 
 def describe(registry: dict[str, SamplerFactory] | dict[str, PrunerFactory]) -> str:
-    """One line per entry, `name: first line of its docstring`, for the CLI's help."""
+    """One line per entry, `name: first sentence of its docstring`, for the CLI's help."""
     return "; ".join(
-        f"{name}: {(factory.__doc__ or '').strip().splitlines()[0].removesuffix('.')}"
+        f"{name}: {' '.join((factory.__doc__ or '').split()).split('. ')[0].removesuffix('.')}"
         for name, factory in registry.items()
     )

@@ -278,7 +278,13 @@ class SearchSpace:
             if problem is not None:
                 raise SpaceError(f"{name} = {value!r}: it {problem}")
             for key, wanted in param.when:
-                if key in point and not same_value(point[key], wanted):
+                if key not in point:
+                    # The sampler would draw the parent, and the value could be dropped.
+                    raise SpaceError(
+                        f"{name} is sampled only when {key} = {wanted!r}; give {key} too, "
+                        f"e.g. {{{key!r}: {wanted!r}, {name!r}: {value!r}}}"
+                    )
+                if not same_value(point[key], wanted):
                     raise SpaceError(
                         f"{name} is sampled only when {key} = {wanted!r}, "
                         f"but {key} = {point[key]!r} here"

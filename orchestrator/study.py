@@ -79,6 +79,8 @@ _COMPARED = (
 # Reasons for a FAIL that say nothing about the parameters: such trials do not count
 # toward --trials (a trial without any reason lost its worker, and was queued again).
 UNCOUNTED_REASONS = frozenset({"interrupted", "grid exhausted"})
+BRUTEFORCE_DONE = "the bruteforce sampler has tried every combination"
+BRUTEFORCE_DONE_ATTR = "orchestrate:bruteforce-done"
 # A diverged trial's value: at least twice the loss of a uniform guess over 10 classes.
 DIVERGED_FLOOR = 2 * math.log(10)
 # How long a worker waits for the worker that created a grid study to queue its points.
@@ -509,7 +511,7 @@ def tune(
     Everything that can be checked without running a trial is checked before the storage
     is touched: the trainer, the data folder and the space.
     """
-    preflight.check_trainer(config.trainer, config.space, config.flags.extra)
+    preflight.check_trainer(config.trainer, config.space, config.flags.extra, config.flags.dataset)
     # Each trial records these; `info` and the hash run once, here, where a failure is usage.
     provenance.trainer_facts(config.trainer)
     data_dir = preflight.data_dir_for(config.flags.data_dir, config.flags.extra)
@@ -540,6 +542,9 @@ def tune(
     study.pruner = pruner
 
     stop_reason = _why_nothing_to_do(before, missing, grid is not None)
+    done = study._storage.get_study_system_attrs(study._study_id).get(BRUTEFORCE_DONE_ATTR)
+    if config.sampler == "bruteforce" and done:
+        stop_reason = stop_reason or BRUTEFORCE_DONE
     interrupter = Interrupter()
     started = time.monotonic()
     if stop_reason is None:
@@ -598,7 +603,9 @@ def tune(
         elif config.timeout is not None and time.monotonic() - started >= config.timeout:
             stop_reason = f"the --timeout of {config.timeout:g} s was reached"
         elif config.sampler == "bruteforce" and ran < missing:
-            stop_reason = "the bruteforce sampler has tried every combination"
+            stop_reason = BRUTEFORCE_DONE
+            # Asked again, the sampler would run one more (repeated) combination to notice.
+            study._storage.set_study_system_attr(study._study_id, BRUTEFORCE_DONE_ATTR, True)
 
     return TuneSummary(
         study_name=config.study_name,

@@ -81,6 +81,11 @@ def test_real_enqueued_configurations_run_first_and_once(
             r"momentum is sampled only when optimizer = 'sgd', but optimizer = 'adam' here",
         ),
         ([{"batch_size": 100}], r"batch_size = 100: it must be one of \[64, 128, 256\]"),
+        # Without its parent the sampler could draw adam and drop the momentum unseen.
+        (
+            [{"momentum": 0.9}],
+            r"momentum is sampled only when optimizer = 'sgd'; give optimizer too",
+        ),
     ],
 )
 def test_a_bad_configuration_exits_2_naming_it(

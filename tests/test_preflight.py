@@ -54,7 +54,34 @@ def test_a_folder_without_the_dataset_is_named_with_what_to_do(tmp_path: Path) -
 
 def test_a_trainer_that_accepts_the_space_passes(fake_trainer: FakeTrainer) -> None:
     # The fake describes the flags of the built-in CNN space.
-    check_trainer(fake_trainer(), cnn_space(), ["--epochs", "2"])
+    check_trainer(fake_trainer(), cnn_space(), ["--val-fraction", "0.2"])
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (
+            ["--epochs", "5"],
+            r"--epochs after `--` would change what the study records; .*"
+            r"orchestrate tune --epochs",
+        ),
+        (["--train-limit=100"], r"--train-limit after `--` would change"),
+        (["--lr", "0.01"], r"--lr after `--` is set by the space 'cnn', whose value would win"),
+    ],
+)
+def test_a_flag_tune_or_the_space_sets_is_refused_after_the_double_dash(
+    fake_trainer: FakeTrainer, extra: list[str], words: str
+) -> None:
+    # Either value would silently lose to the other; the message says where it belongs.
+    with pytest.raises(SpaceError, match=words):
+        check_trainer(fake_trainer(), cnn_space(), extra)
+
+
+def test_a_dataset_the_trainer_does_not_know_is_refused(real_trainer: Path) -> None:
+    # Every trial would fail on it: the message names the value and the trainer's choices.
+    with pytest.raises(SpaceError, match=r"--dataset 'cifar100' is not one .* mnist, cifar10"):
+        check_trainer(real_trainer, cnn_space(), [], "cifar100")
+    check_trainer(real_trainer, cnn_space(), [], "cifar10")
 
 
 def test_an_unknown_flag_after_the_double_dash_is_refused(fake_trainer: FakeTrainer) -> None:

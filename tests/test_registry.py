@@ -242,6 +242,13 @@ def test_real_bruteforce_tries_each_valid_combination_once(
     )
     assert "stopped: the bruteforce sampler has tried every combination" in completed.stdout
 
+    again = run_orchestrate(args, cwd=tmp_path, env={"RUST_TRAINER": str(real_trainer)})
+
+    # The same command again runs nothing: no fourth trial repeating a combination.
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len(_load(tmp_path).trials) == 3
+    assert "the bruteforce sampler has tried every combination" in again.stdout
+
 
 def test_auto_without_network_exits_2_saying_what_it_needs(
     real_trainer: Path, data_dir: Path, tmp_path: Path
