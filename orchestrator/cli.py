@@ -661,6 +661,11 @@ def final_command(
             f"{seeds!r} is not a comma-separated list of integers, e.g. 0,1,2",
             param_hint="--seeds",
         ) from None
+    if any(seed < 0 for seed in seed_list):
+        raise click.BadParameter(
+            f"{seeds!r} holds a negative seed; the trainer's --seed takes 0 or more",
+            param_hint="--seeds",
+        )
     if not seed_list or len(set(seed_list)) != len(seed_list):
         raise click.BadParameter(
             f"{seeds!r} must list distinct seeds, e.g. 0,1,2", param_hint="--seeds"

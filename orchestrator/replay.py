@@ -99,6 +99,13 @@ def replay(
     recorded_epochs = _recorded_epochs(trial)
     last_epoch = max(recorded_epochs, default=None)
     complete = trial.state == TrialState.COMPLETE
+    if not complete and last_epoch is None:
+        # Nothing recorded to compare with: refuse before spending a whole training run.
+        raise TrialNotUsable(
+            f"trial {number} ({trial.state.name}) recorded no val_loss, neither per epoch nor "
+            "at the end, so a replay has nothing to compare with; replay a trial that "
+            "finished an epoch (`orchestrate trials` lists them)"
+        )
     outcome = _run(command, env, log_dir, None if complete else last_epoch)
     replayed = {event.epoch: event.val_loss for event in outcome.epochs}
 

@@ -205,3 +205,21 @@ def test_final_argv_drops_early_stopping_and_adds_the_final_flags() -> None:
     # The final flags come last, so they win.
     assert flag_value(argv, "--epochs") == "3" and flag_value(argv, "--seed") == "7"
     assert flag_value(argv, "--val-fraction") == "0" and "--eval-test" in argv
+
+
+@pytest.mark.parametrize(
+    ("seeds", "words"),
+    [("0,a", "not a comma-separated list"), ("0,0", "distinct seeds"), ("-1", "negative seed")],
+)
+def test_bad_seeds_are_refused_before_anything_runs(
+    tmp_path: Path, seeds: str, words: str
+) -> None:
+    completed = run_orchestrate(
+        ["final", "--study", "s", "--storage", f"sqlite:///{tmp_path / 'x.db'}", "--seeds", seeds],
+        cwd=tmp_path,
+    )
+
+    # A usage error naming --seeds; no storage was even opened.
+    assert completed.returncode == 2
+    assert "--seeds" in completed.stderr and words in completed.stderr
+    assert not (tmp_path / "x.db").exists()

@@ -131,3 +131,21 @@ def test_a_trial_without_provenance_exits_2(tuned: str, tmp_path: Path) -> None:
     assert completed.returncode == 2
     assert "no recorded provenance" in completed.stderr
     assert not (tmp_path / "runs" / "tiny" / "replay-trial-0000").exists()
+
+
+def test_a_trial_that_recorded_no_epoch_is_refused_before_running(
+    tuned: str, tmp_path: Path
+) -> None:
+    storage = copy_storage(tuned, tmp_path)
+    with _database(storage) as connection:
+        trial_id = _trial_id(connection, 0)
+        connection.execute("UPDATE trials SET state = 'FAIL' WHERE trial_id = ?", (trial_id,))
+        for table in ("trial_values", "trial_intermediate_values"):
+            connection.execute(f"DELETE FROM {table} WHERE trial_id = ?", (trial_id,))
+
+    completed = _replay(storage, tmp_path)
+
+    # Nothing to compare with: a usage error naming the trial, and no training run at all.
+    assert completed.returncode == 2
+    assert "trial 0 (FAIL) recorded no val_loss" in completed.stderr
+    assert not (tmp_path / "runs" / "tiny" / "replay-trial-0000").exists()
