@@ -464,8 +464,14 @@ def tune(
         click.echo(f"ran {summary.ran} trials{stopped}; the study has {counts}")
     if summary.best is not None:
         click.echo(f"best {trial_line(summary.best)}")
-    elif len(chosen) > 1:
+    elif len(chosen) > 1 and summary.states.get("COMPLETE"):
         click.echo("`orchestrate best` shows the Pareto front")
+    elif summary.ran:
+        # A script must be able to tell a study that learnt nothing from one that did.
+        raise NoCompletedTrial(
+            f"no trial of study {summary.study_name!r} completed ({counts}); "
+            "`orchestrate trials` shows each trial's fail_reason"
+        )
 
 
 @cli.command()

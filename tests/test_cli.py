@@ -135,7 +135,7 @@ def test_a_bad_storage_exits_2(in_tmp: Path, storage: str) -> None:
 
 def test_best_without_a_completed_trial_exits_1(fake_trainer: FakeTrainer, in_tmp: Path) -> None:
     trainer = str(fake_trainer("sys.exit(3)"))
-    invoke(
+    tuned = invoke(
         "tune",
         "--trainer",
         trainer,
@@ -146,6 +146,10 @@ def test_best_without_a_completed_trial_exits_1(fake_trainer: FakeTrainer, in_tm
         "--data-dir",
         str(fake_data(in_tmp)),
     )
+
+    # A study in which every trial failed is a failed tune, for scripts to see.
+    assert tuned.exit_code == 1
+    assert "no trial of study" in tuned.output and "completed (2 FAIL)" in tuned.output
 
     result = invoke("best")
 
