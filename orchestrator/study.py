@@ -22,6 +22,7 @@ below every completed trial, so the region where training diverges is learned as
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -34,7 +35,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -522,8 +523,9 @@ def tune(
             "--enqueue cannot be used with --sampler grid, which queues every grid point "
             "itself; add the configurations' values as grid points instead"
         )
-    # Built once here so that bad --sampler-args or --pruner-args stop tune before any study.
-    _sampler(config, config.seed)
+    # Built and tried once here, on a study in memory, so that bad --sampler-args (a keyword
+    # it does not take, or a value of the wrong type) stop tune before any study exists.
+    _try_sampler(config)
     pruner = _pruner(config)
     gpus = _gpu_pool(config)
 
@@ -652,6 +654,30 @@ def _heartbeat_of(storage: optuna.storages.BaseStorage) -> Callable[[int], None]
         beat: Callable[[int], None] = storage.record_heartbeat
         return beat
     return None
+
+
+def _try_sampler(config: TuneConfig) -> None:
+    sampler = _sampler(config, config.seed)
+    if config.sampler in ("grid", "auto"):
+        return  # the grid is checked with the space; auto's module is loaded by _sampler
+    directions: list[Literal["minimize", "maximize"]] = ["minimize"] * max(
+        1, len(config.objectives)
+    )
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "study created in memory"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trial = optuna.create_study(sampler=sampler, directions=directions).ask()
+            config.space.sample(trial)
+    except Exception as err:  # any failure here is one every trial would hit
+        raise ArgumentsError(
+            f"--sampler {config.sampler} failed on its first draw with --sampler-args "
+            f"{json.dumps(dict(config.sampler_args))}: {type(err).__name__}: {err}; check "
+            "the values' types against the sampler's documentation"
+        ) from None
+    finally:
+        optuna.logging.set_verbosity(verbosity)
 
 
 def _sampler(config: TuneConfig, seed: int | None) -> optuna.samplers.BaseSampler:

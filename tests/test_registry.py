@@ -147,6 +147,11 @@ def test_sampler_args_reach_the_constructor() -> None:
         ),
         (["--sampler-args", "{n_startup_trials: 3}"], "--sampler-args .* is not valid JSON"),
         (["--sampler-args", '{"seed": 3}'], "'seed' is set by orchestrate; use --seed"),
+        # The keyword exists but the value has the wrong type: found on a first draw.
+        (
+            ["--sampler-args", '{"n_startup_trials": "three"}'],
+            r"--sampler tpe failed on its first draw with --sampler-args .*TypeError",
+        ),
         (["--pruner-args", '{"patience": 2}'], "MedianPruner takes no keyword 'patience'"),
         (
             ["--pruner", "threshold"],
