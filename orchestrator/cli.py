@@ -178,7 +178,8 @@ def train(trainer: Path | None, trainer_args: tuple[str, ...]) -> NoReturn:
     The exit code is the trainer's. `rust-trainer train --help` lists the trainer's flags.
     --trainer, when given, comes before the trainer's flags.
     """
-    command = [str(find_trainer(trainer)), "train", *trainer_args]
+    # The events are shown here on stdout; the trainer's own progress lines would repeat them.
+    command = [str(find_trainer(trainer)), "train", "--quiet", *trainer_args]
     with TrainerProcess(command) as process:
         try:
             _show_events(process)

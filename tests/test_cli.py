@@ -73,8 +73,9 @@ def test_train_passes_flags_through_and_exits_with_the_trainers_code(
 
     result = invoke("train", "--trainer", str(trainer), *flags)
 
-    # The trainer sees exactly the flags given, after its `train` subcommand.
-    assert json.loads(argv_file.read_text()) == ["train", *flags]
+    # The trainer sees exactly the flags given, after its `train` subcommand and --quiet
+    # (its progress lines would repeat the events shown).
+    assert json.loads(argv_file.read_text()) == ["train", "--quiet", *flags]
     # Its exit code is ours, and each epoch and the result are shown.
     assert result.exit_code == 7
     assert "epoch 2/2" in result.output and "completed" in result.output
