@@ -27,7 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from orchestrator.errors import NothingToReport
 from orchestrator.export import objective_names
-from orchestrator.study import state_counts
+from orchestrator.study import CURVE_ATTR, state_counts
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def _plots(study: optuna.Study, completed: int) -> Iterator[Plot]:
             partial(mpl.plot_slice, study, **common),
         )
 
-    if not any(t.intermediate_values for t in study.get_trials(deepcopy=False)):
+    if not any(_curve(t) for t in study.get_trials(deepcopy=False)):
         yield Plot(
             "intermediate",
             "Learning curves (val_loss per epoch)",
@@ -174,19 +174,50 @@ def _plots(study: optuna.Study, completed: int) -> Iterator[Plot]:
         )
 
 
+def _curve(trial: FrozenTrial) -> dict[int, float]:
+    """A trial's val_loss per epoch: its intermediate values, or with several objectives
+    (which Optuna records no intermediate values for) the attribute tune keeps instead."""
+    if trial.intermediate_values:
+        return dict(trial.intermediate_values)
+    kept = trial.user_attrs.get(CURVE_ATTR)
+    if not isinstance(kept, dict):
+        return {}
+    return {int(epoch): float(value) for epoch, value in kept.items() if value is not None}
+
+
 def _curves(study: optuna.Study) -> Any:
-    # Optuna says "step" and "intermediate value"; for tune's trials they are these.
-    figure = optuna.visualization.plot_intermediate_values(study)
-    figure.update_layout(xaxis_title="epoch", yaxis_title="val_loss")
+    import plotly.graph_objects as go
+
+    figure = go.Figure()
+    for trial in study.get_trials(deepcopy=False):
+        curve = sorted(_curve(trial).items())
+        if curve:
+            figure.add_trace(
+                go.Scatter(
+                    x=[epoch for epoch, _ in curve],
+                    y=[value for _, value in curve],
+                    mode="lines+markers",
+                    name=f"trial {trial.number} ({trial.state.name})",
+                )
+            )
+    figure.update_layout(title="Learning curves", xaxis_title="epoch", yaxis_title="val_loss")
+    figure.update_xaxes(dtick=1)
     return figure
 
 
 def _curves_png(study: optuna.Study) -> Any:
-    from optuna.visualization import matplotlib as mpl
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    axes = mpl.plot_intermediate_values(study)
+    _, axes = plt.subplots()
+    for trial in study.get_trials(deepcopy=False):
+        curve = sorted(_curve(trial).items())
+        if curve:
+            axes.plot([e for e, _ in curve], [v for _, v in curve], marker="o", alpha=0.7)
+    axes.set_title("Learning curves")
     axes.set_xlabel("epoch")
     axes.set_ylabel("val_loss")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     return axes
 
 

@@ -81,6 +81,8 @@ _COMPARED = (
 # toward --trials (a trial without any reason lost its worker, and was queued again).
 UNCOUNTED_REASONS = frozenset({"interrupted", "grid exhausted"})
 BRUTEFORCE_DONE = "the bruteforce sampler has tried every combination"
+# With several objectives, each trial's val_loss per epoch ({"1": 0.31, ...}).
+CURVE_ATTR = "val_loss_by_epoch"
 BRUTEFORCE_DONE_ATTR = "orchestrate:bruteforce-done"
 # A diverged trial's value: at least twice the loss of a uniform guess over 10 classes.
 DIVERGED_FLOOR = 2 * math.log(10)
@@ -323,6 +325,7 @@ class Objective:
         best: EpochEvent | None = None
         start: StartEvent | None = None
         process = TrainerProcess(command, log_dir=trial_dir, timeout=self.timeout, env=env)
+        curve: dict[str, float | None] = {}
         with process, self.interrupter.tracking(process):
             for event in process.events():
                 if isinstance(event, StartEvent):
@@ -333,7 +336,11 @@ class Objective:
                     best = event
 
                 if len(self.objectives) > 1:
-                    continue  # Optuna neither records nor prunes on several objectives
+                    # Optuna neither records nor prunes per epoch with several objectives;
+                    # the curve is kept as an attribute for the report's learning curves.
+                    curve[str(event.epoch)] = _json_float(event.val_loss)
+                    trial.set_user_attr(CURVE_ATTR, curve)
+                    continue
                 value = objectives_mod.epoch_value(
                     self.objectives[0], event.val_loss, event.val_accuracy
                 )

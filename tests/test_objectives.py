@@ -81,8 +81,24 @@ def test_real_a_study_records_its_objectives_and_values(front_study: Path) -> No
         # The second value is the trainer's parameter count, the first its val_loss.
         assert trial.values[1] == trial.user_attrs["parameters"]
         assert trial.values[0] == trial.user_attrs["val_loss"]
-        # Optuna cannot prune several objectives, so nothing was reported per epoch.
+        # Optuna cannot prune several objectives, so nothing was reported per epoch; the
+        # curve is kept as an attribute instead (one epoch here), for the report.
         assert trial.intermediate_values == {}
+        assert trial.user_attrs["val_loss_by_epoch"] == {"1": trial.values[0]}
+
+
+@pytest.mark.real
+def test_real_report_draws_learning_curves_for_several_objectives(
+    front_study: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "report"
+    args = ["report", "--storage", f"sqlite:///{front_study / 'orchestrate.db'}", "--out"]
+    completed = run_orchestrate([*args, str(out)], cwd=front_study)
+
+    # The curves come from the kept attribute: drawn, not left out.
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "left out: Learning curves" not in completed.stderr
+    assert (out / "intermediate.png").stat().st_size > 5000
 
 
 @pytest.mark.real
