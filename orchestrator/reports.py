@@ -253,8 +253,15 @@ def pareto_front(study: optuna.Study) -> ParetoFront:
     ]
     if not complete:
         counts = ", ".join(f"{n} {s}" for s, n in state_counts(study).items()) or "no trials"
+        # A diverged trial is COMPLETE (Optuna cannot prune several objectives) but not a
+        # result: say so, or "(1 COMPLETE)" would contradict "no completed trial".
+        diverged = sum(
+            t.user_attrs.get("fail_reason") == "diverged"
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        )
+        also = f", of which {diverged} diverged" if diverged else ""
         raise NoCompletedTrial(
-            f"study {study.study_name!r} has no completed trial yet ({counts}); "
+            f"study {study.study_name!r} has no completed trial yet ({counts}{also}); "
             "run `orchestrate tune` on it first"
         )
 
