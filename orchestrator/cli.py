@@ -467,8 +467,9 @@ def tune(
         click.echo(f"best {trial_line(summary.best)}")
     elif len(chosen) > 1 and summary.states.get("COMPLETE"):
         click.echo("`orchestrate best` shows the Pareto front")
-    elif summary.ran:
-        # A script must be able to tell a study that learnt nothing from one that did.
+    elif summary.ran and not (summary.states.get("COMPLETE") or summary.states.get("PRUNED")):
+        # A script must be able to tell a study whose every trial failed from one that ran
+        # (pruning every trial is the pruner's verdict, not a failure).
         raise NoCompletedTrial(
             f"no trial of study {summary.study_name!r} completed ({counts}); "
             "`orchestrate trials` shows each trial's fail_reason"
