@@ -35,30 +35,28 @@ def check_trainer(
     check_space(space, flags)
     known = {spec.flag for spec in flags.values()}
     tokens = list(extra)
+    set_by_space = {p.name for p in space.params} | {f.name for f in space.fixed}
     for token in tokens:
         flag = token.split("=", 1)[0]
-        if flag.startswith("--") and flag not in known:
+        if not flag.startswith("--"):
+            continue
+        if flag not in known:
             raise SpaceError(
                 f"the trainer flag {token!r} after `--` is not one `rust-trainer train` "
                 "accepts; see `rust-trainer describe` or `rust-trainer train --help`"
             )
-
-    # A flag after `--` that tune sets or the space samples would be overridden (or would
-    # override) without a word, and the study's record would no longer say what ran.
-    for token in tokens:
-        name = token.split("=", 1)[0].removeprefix("--").replace("-", "_")
-        if not token.startswith("--"):
-            continue
+        # A flag that tune sets or the space samples would be overridden (or would
+        # override) without a word, and the study's record would no longer say what ran.
+        name = flag.removeprefix("--").replace("-", "_")
         if name in TUNE_SETS:
             raise SpaceError(
-                f"{token.split('=', 1)[0]} after `--` would change what the study records; "
-                f"give it to tune itself (orchestrate tune --{name.replace('_', '-')} ...)"
+                f"{flag} after `--` would change what the study records; give it to tune "
+                f"itself (orchestrate tune {flag} ...)"
             )
-        if name in {p.name for p in space.params} | {f.name for f in space.fixed}:
+        if name in set_by_space:
             raise SpaceError(
-                f"{token.split('=', 1)[0]} after `--` is set by the space {space.name!r}, "
-                "whose value would win; fix it in a space file ([fixed.NAME] value = ...) "
-                "or leave it out"
+                f"{flag} after `--` is set by the space {space.name!r}, whose value would "
+                "win; fix it in a space file ([fixed.NAME] value = ...) or leave it out"
             )
 
     # tune's own choices are checked here too: a wrong one would fail every trial.
