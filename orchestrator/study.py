@@ -21,6 +21,7 @@ below every completed trial, so the region where training diverges is learned as
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import logging
@@ -55,7 +56,12 @@ from orchestrator.parallel import (
 from orchestrator.registry import PRUNERS, SAMPLERS, PrunerSettings, SamplerSettings
 from orchestrator.runner import Failure, RunOutcome, TrainerProcess, command_line
 from orchestrator.space import SearchSpace, Value
-from orchestrator.storage import Heartbeat, fail_stale_trials, open_storage
+from orchestrator.storage import (
+    Heartbeat,
+    fail_stale_trials,
+    open_storage,
+    set_trial_user_attrs,
+)
 from orchestrator.trainer import trainer_info
 
 if TYPE_CHECKING:
@@ -269,13 +275,14 @@ class Objective:
                 _end_early(trial, "interrupted", "the study was stopped before it started")
             env = {CUDA_VISIBLE_DEVICES: gpu} if gpu is not None else {}
             command = self.command(sampled)
-            trial.set_user_attr("command", command_line(command, env))
             # Before the process starts, so that a trial that fails has them too.
-            for key, value in provenance.run_attrs(self.trainer, command, env).items():
-                trial.set_user_attr(key, value)
-            trial.set_user_attr("trial_dir", str(trial_dir))
-            if gpu is not None:
-                trial.set_user_attr("cuda_visible_devices", gpu)
+            _set_user_attrs(
+                trial,
+                command=command_line(command, env),
+                **provenance.run_attrs(self.trainer, command, env),
+                trial_dir=str(trial_dir),
+                **({"cuda_visible_devices": gpu} if gpu is not None else {}),
+            )
             try:
                 outcome = self._run(trial, command, trial_dir, env)
             except KeyboardInterrupt:
@@ -303,10 +310,13 @@ class Objective:
             epochs_run=result.epochs_run,
             seconds=round(outcome.seconds, 3),
             parameters=outcome.start.parameters if outcome.start else None,
+            # With other objectives the value is something else; reports still show val_loss.
+            **(
+                {"val_loss": _json_float(result.val_loss)}
+                if self.objectives != objectives_mod.DEFAULT
+                else {}
+            ),
         )
-        if self.objectives != objectives_mod.DEFAULT:
-            # The value is something else (or several things); reports still show val_loss.
-            trial.set_user_attr("val_loss", _json_float(result.val_loss))
         values = objectives_mod.values(self.objectives, result, outcome.start)
         return values if len(values) > 1 else values[0]
 
@@ -414,11 +424,12 @@ class Objective:
             stderr_tail=tail,
             epochs_run=len(outcome.epochs),
             seconds=round(outcome.seconds, 3),
+            **(
+                {"exit_code": outcome.exit_code}
+                if outcome.exit_code is not None
+                else {"signal": outcome.signal}
+            ),
         )
-        if outcome.exit_code is not None:
-            trial.set_user_attr("exit_code", outcome.exit_code)
-        else:
-            trial.set_user_attr("signal", outcome.signal)
 
         logger.warning(
             "Trial %d %s (%s: %s; %s) with parameters %s.%s",
@@ -519,9 +530,14 @@ def tune(
     Everything that can be checked without running a trial is checked before the storage
     is touched: the trainer, the data folder and the space.
     """
-    preflight.check_trainer(config.trainer, config.space, config.flags.extra, config.flags.dataset)
-    # Each trial records these; `info` and the hash run once, here, where a failure is usage.
-    provenance.trainer_facts(config.trainer)
+    # Each trial records the trainer's facts; `info` and the hash run once, here, where a
+    # failure is usage, and beside `describe` (each call loads libtorch, about half a second).
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        facts = pool.submit(provenance.trainer_facts, config.trainer)
+        preflight.check_trainer(
+            config.trainer, config.space, config.flags.extra, config.flags.dataset
+        )
+        facts.result()
     data_dir = preflight.data_dir_for(config.flags.data_dir, config.flags.extra)
     preflight.check_data(config.flags.dataset, data_dir)
     grid = config.space.grid() if config.sampler == "grid" else None
@@ -884,8 +900,7 @@ def _best_trial(study: optuna.Study) -> FrozenTrial | None:
 
 
 def _set_user_attrs(trial: optuna.Trial, **attrs: object) -> None:
-    for key, value in attrs.items():
-        trial.set_user_attr(key, value)
+    set_trial_user_attrs(trial, attrs)
 
 
 def _json_float(value: float) -> float | None:

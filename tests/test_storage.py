@@ -14,7 +14,7 @@ from helpers import REAL_FLAGS, fake_data, start_orchestrate, trainer_processes,
 from optuna.trial import TrialState
 
 from orchestrator.errors import StorageError, StudyNotFound
-from orchestrator.storage import journal_file, load_study, open_storage
+from orchestrator.storage import journal_file, load_study, open_storage, set_trial_user_attrs
 
 FakeTrainer = Callable[..., Path]
 
@@ -110,6 +110,32 @@ def test_an_sqlite_file_is_in_wal_mode_and_waits_for_locks(tmp_path: Path) -> No
     optuna.load_study(study_name="s", storage=storage).enqueue_trial({"x": 1.0})
     releaser.join()
     assert time.monotonic() - started >= 0.9
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql", "journal"])
+def test_several_user_attrs_are_set_at_once_and_overwrite_old_values(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    if kind == "sqlite":
+        url = f"sqlite:///{tmp_path / 'studies.db'}"
+    elif kind == "journal":
+        url = f"journal:///{tmp_path / 'studies.log'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    study = optuna.create_study(study_name="s", storage=open_storage(url, create=True))
+    trial = study.ask()
+    trial.set_user_attr("seconds", 1.0)
+    values = {"seconds": 2.5, "argv": ["rust-trainer", "train"], "status": "ok", "gone": None}
+    set_trial_user_attrs(trial, values)
+    assert trial.user_attrs == values
+    study.tell(trial, 0.5)
+
+    # What another process reads back from the storage, not this trial's own copy.
+    assert load_study("s", url).trials[0].user_attrs == values
+    # As with Optuna's own setter, a finished trial's attributes cannot change.
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        set_trial_user_attrs(trial, {"seconds": 3.0})
+    assert study.trials[0].user_attrs["seconds"] == 2.5
 
 
 @pytest.mark.timeout(300)
