@@ -241,4 +241,9 @@ pub struct TrainArgs {
     /// Print no progress lines on stderr.
     #[arg(long, short)]
     pub quiet: bool,
+
+    /// Read more flags from stdin before starting: one line, a JSON array of strings,
+    /// appended to these. A process started ahead of its trial loads libtorch meanwhile.
+    #[arg(long)]
+    pub flags_from_stdin: bool,
 }

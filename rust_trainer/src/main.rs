@@ -1,40 +1,59 @@
 //! The `rust-trainer` binary: parses the command line, runs it, and owns the mapping from
 //! errors to exit codes. Nothing else in the crate ends the process.
 
-use std::io;
+use std::env;
+use std::ffi::OsString;
+use std::io::{self, BufRead, Write};
 use std::panic::{self, AssertUnwindSafe};
-use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
 
 use clap::Parser;
-use rust_trainer::cli::Cli;
+use rust_trainer::cli::{Cli, Command};
 use rust_trainer::error::ErrorKind;
 use rust_trainer::events::{EventWriter, StdoutClosed};
 use rust_trainer::train::Stop;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::flag;
 
-fn main() -> ExitCode {
+fn main() {
+    let code = run_main();
+    // Everything the run wrote is closed by now (its files were dropped inside `run`); what
+    // is left are libtorch's global destructors, which unregister thousands of operators and
+    // took about 0.2 s of every process. The kernel reclaims that memory at exit anyway.
+    let _ = io::stdout().flush();
+    let _ = io::stderr().flush();
+    // SAFETY: `_exit` ends the process without running C or C++ exit handlers; no other
+    // thread of ours is writing anything that needs them.
+    unsafe { libc::_exit(i32::from(code)) }
+}
+
+fn run_main() -> u8 {
     let mut events = EventWriter::new(io::stdout().lock());
-    let cli = match Cli::try_parse() {
+    let mut args: Vec<OsString> = env::args_os().collect();
+    let mut cli = match parse(&args, &mut events) {
         Ok(cli) => cli,
-        Err(err) => {
-            // --help and --version are not failures and print to stdout as usual.
-            if err.use_stderr() {
-                let rendered = err.to_string();
-                let first = rendered.lines().next().unwrap_or_default();
-                let message = match first.strip_prefix("error: ") {
-                    Some(message) => format!("{message}; see --help"),
-                    // No subcommand: clap prints the help, whose first line is no error.
-                    None => "a command is required (train, info or describe); see --help".into(),
-                };
-                let _ = events.error(ErrorKind::Usage, &message);
-            }
-            let _ = err.print();
-            return ExitCode::from(u8::try_from(err.exit_code()).unwrap_or(2));
-        }
+        Err(code) => return code,
     };
+    if matches!(&cli.command, Command::Train(train) if train.flags_from_stdin) {
+        // Read before the signal handlers exist, so that SIGTERM ends a process that is still
+        // waiting for its flags at once.
+        match flags_from_stdin(io::stdin().lock()) {
+            Ok(more) => {
+                args.retain(|arg| arg != FLAGS_FROM_STDIN);
+                args.extend(more.into_iter().map(OsString::from));
+            }
+            Err(message) => {
+                eprintln!("rust-trainer: {message}");
+                let _ = events.error(ErrorKind::Usage, &message);
+                return ErrorKind::Usage.exit_code();
+            }
+        }
+        cli = match parse(&args, &mut events) {
+            Ok(cli) => cli,
+            Err(code) => return code,
+        };
+    }
 
     // A libtorch failure inside tch surfaces as a panic; it is reported below as an error
     // event with a one-paragraph message, not as a panic report with C++ frames.
@@ -47,8 +66,8 @@ fn main() -> ExitCode {
         rust_trainer::run(cli.command, &mut events, &stop)
     }));
     match result {
-        Ok(Ok(code)) => ExitCode::from(code),
-        Ok(Err(err)) if err.downcast_ref::<StdoutClosed>().is_some() => ExitCode::SUCCESS,
+        Ok(Ok(code)) => code,
+        Ok(Err(err)) if err.downcast_ref::<StdoutClosed>().is_some() => 0,
         Ok(Err(err)) => fail(&mut events, &err),
         Err(payload) => {
             // libtorch errors surface as panics from tch's infallible calls.
@@ -59,6 +78,39 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|| "panic without a message".to_string());
             fail(&mut events, &anyhow::anyhow!(text))
         }
+    }
+}
+
+const FLAGS_FROM_STDIN: &str = "--flags-from-stdin";
+
+/// The parsed command line, or the exit code after clap's message (usage errors as an
+/// error event too; --help and --version print to stdout and exit 0).
+fn parse<W: io::Write>(args: &[OsString], events: &mut EventWriter<W>) -> Result<Cli, u8> {
+    Cli::try_parse_from(args).map_err(|err| {
+        if err.use_stderr() {
+            let rendered = err.to_string();
+            let first = rendered.lines().next().unwrap_or_default();
+            let message = match first.strip_prefix("error: ") {
+                Some(message) => format!("{message}; see --help"),
+                // No subcommand: clap prints the help, whose first line is no error.
+                None => "a command is required (train, info or describe); see --help".into(),
+            };
+            let _ = events.error(ErrorKind::Usage, &message);
+        }
+        let _ = err.print();
+        u8::try_from(err.exit_code()).unwrap_or(2)
+    })
+}
+
+/// The flags of `--flags-from-stdin`: the first line of `input`, a JSON array of strings.
+fn flags_from_stdin(mut input: impl BufRead) -> Result<Vec<String>, String> {
+    let mut line = String::new();
+    match input.read_line(&mut line) {
+        Ok(0) => Err(format!("{FLAGS_FROM_STDIN}: stdin closed before a line of flags arrived")),
+        Ok(_) => serde_json::from_str(&line).map_err(|err| {
+            format!("{FLAGS_FROM_STDIN}: the line on stdin is not a JSON array of strings ({err})")
+        }),
+        Err(err) => Err(format!("{FLAGS_FROM_STDIN}: cannot read stdin: {err}")),
     }
 }
 
@@ -75,12 +127,12 @@ fn install_signal_handlers() -> io::Result<Stop> {
     Ok(Stop::new(code))
 }
 
-fn fail<W: io::Write>(events: &mut EventWriter<W>, err: &anyhow::Error) -> ExitCode {
+fn fail<W: io::Write>(events: &mut EventWriter<W>, err: &anyhow::Error) -> u8 {
     let kind = ErrorKind::of(err);
     let message = without_backtrace(&format!("{err:#}"));
     eprintln!("rust-trainer: {message}");
     let _ = events.error(kind, &message);
-    ExitCode::from(kind.exit_code())
+    kind.exit_code()
 }
 
 /// libtorch appends its C++ backtrace to every error, and tch's panics wrap the error in
@@ -100,7 +152,18 @@ fn without_backtrace(message: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::without_backtrace;
+    use super::{flags_from_stdin, without_backtrace};
+
+    #[test]
+    fn flags_from_stdin_take_one_json_line() {
+        let read = flags_from_stdin(&b"[\"--lr\", \"0.01\"]\n[\"--epochs\"]\n"[..]);
+        assert_eq!(read.unwrap(), ["--lr", "0.01"]);
+        let closed = flags_from_stdin(&b""[..]).unwrap_err();
+        assert!(closed.contains("--flags-from-stdin") && closed.contains("closed"), "{closed}");
+        let garbage = flags_from_stdin(&b"--lr 0.01\n"[..]).unwrap_err();
+        assert!(garbage.contains("not a JSON array of strings"), "{garbage}");
+        assert!(flags_from_stdin(&b"[1, 2]\n"[..]).is_err());
+    }
 
     #[test]
     fn libtorch_frames_are_cut_from_messages() {

@@ -256,3 +256,67 @@ fn resuming_with_another_lr_is_refused_naming_it() {
     let error = find(&events(&output), "error").unwrap().clone();
     assert!(error["message"].as_str().unwrap().contains("--lr 0.01 (the checkpoint has 0.001)"));
 }
+
+#[test]
+fn output_is_whole_although_the_process_skips_exit_handlers() {
+    // The binary ends with `_exit`, past libtorch's global destructors; what it printed
+    // must still reach a pipe in full, and the exit code must survive.
+    let describe = trainer().arg("describe").output().unwrap();
+    assert_eq!(describe.status.code(), Some(0));
+    let schema: serde_json::Value = serde_json::from_slice(&describe.stdout).unwrap();
+    assert!(schema["flags"].as_array().is_some_and(|flags| flags.len() > 20), "{schema}");
+
+    let help = trainer().args(["train", "--help"]).output().unwrap();
+    assert_eq!(help.status.code(), Some(0));
+    let text = String::from_utf8(help.stdout).unwrap();
+    assert!(text.ends_with('\n') && text.contains("--help"), "{text}");
+
+    let version = trainer().arg("--version").output().unwrap();
+    assert_eq!(version.status.code(), Some(0));
+    let expected = concat!("rust-trainer ", env!("CARGO_PKG_VERSION"), "\n");
+    assert_eq!(String::from_utf8(version.stdout).unwrap(), expected);
+}
+
+#[test]
+fn flags_from_stdin_train_as_the_same_flags_on_the_command_line() {
+    use std::io::Write;
+
+    let data_dir = common::datasets();
+    let shared = ["train", "--data-dir", data_dir.to_str().unwrap(), "--train-limit", "256"];
+    let shared = [&shared[..], &["--val-fraction", "0.02", "--threads", "1", "--quiet"]].concat();
+    let trial = ["--lr", "0.003", "--seed", "7", "--epochs", "1"];
+
+    let direct = trainer().args(&shared).args(trial).output().unwrap();
+    let mut child = trainer()
+        .args(&shared)
+        .arg("--flags-from-stdin")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let line = serde_json::to_string(&trial).unwrap();
+    child.stdin.take().unwrap().write_all(format!("{line}\n").as_bytes()).unwrap();
+    let piped = child.wait_with_output().unwrap();
+
+    assert_eq!(piped.status.code(), Some(0), "{}", String::from_utf8_lossy(&piped.stderr));
+    let (direct, piped) = (events(&direct), events(&piped));
+    let result = |events: &[serde_json::Value]| find(events, "result").unwrap()["val_loss"].clone();
+    // The same run: identical losses, and the flags from stdin are in the echoed config.
+    assert_eq!(result(&direct), result(&piped));
+    assert_eq!(find(&piped, "start").unwrap()["config"]["lr"], 0.003);
+
+    // A line that is not a JSON array of strings is a usage error naming the flag.
+    let mut child = trainer()
+        .args(["train", "--flags-from-stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"--lr 0.1\n").unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let error = find(&events(&output), "error").unwrap().clone();
+    assert!(error["message"].as_str().unwrap().contains("--flags-from-stdin"), "{error}");
+}
