@@ -1,21 +1,27 @@
 """Benchmark 3: what the orchestrator costs around the trainer processes.
 
-Runs `orchestrate tune` in this process (the CLI's own entry, so nothing differs from the
-command) on a study of --trials very short trials (the MNIST CNN, 1 epoch, --train-limit
-64, 1% validation split: one optimizer step each), with the default TPE sampler, median
-pruner and SQLite storage, and measures:
+Runs `orchestrate tune` on a study of --trials very short trials (the MNIST CNN, 1 epoch,
+--train-limit 64, 1% validation split: one optimizer step each), with the default TPE
+sampler, median pruner and SQLite storage, twice, each in a fresh Python process that
+runs the CLI's own entry in-process (so nothing differs from the command): once as users
+run it, where each trial's trainer process is started while the previous trial is being
+recorded and the next sampled (`--prestart`, the default), and once with `--no-prestart`,
+where it starts only once the parameters are chosen. For each:
 
-- study wall time: from before `import orchestrator` (so optuna's and the orchestrator's
+- study wall time: from before `import orchestrator` (optuna's and the orchestrator's
   imports count) to the CLI's return; the interpreter's own start (~20 ms) is outside;
-- trainer time: each trial's user attribute `seconds`, which the runner measures from just
-  before it spawns the trainer process to just after the process has exited (spawn to
-  exit, stdout and stderr drained); the trainer's own `seconds` (its `result` event, from
-  its `main` to the result) is shown beside it to separate process and libtorch start-up;
-- overhead = (study wall time - sum of trainer times) / study wall time; goal <= 0.03;
+- trainer time: each trainer process from its start to its exit (stdout and stderr
+  drained), summed; a process started ahead counts from its own start, which is the time
+  it spends loading libtorch. With one trial at a time no two trainer processes overlap;
+- overhead = (study wall time - sum of trainer times) / study wall time, the time no
+  trainer process exists; goal <= 0.03;
+- per trial, the orchestrator's time from one trainer's exit to the next one being handed
+  its command (sampler, storage, pruner, callbacks: hidden behind the next process's start
+  when it was started ahead) and the time with no trainer process at all;
 - sampler and storage time per trial, by timing every call into the sampler's methods and
   the RDB storage's (storage calls made by the sampler count as sampler time), summed
-  between one trainer start and the next; medians over the trials around trial 20 and
-  around the last trial, and their ratio.
+  between one hand-over and the next; medians over the trials around trial 20 and around
+  the last trial, and their ratio.
 
     python benchmarks/orchestration_overhead.py [--trials 200] [--quick]
 """
@@ -30,6 +36,8 @@ import argparse  # noqa: E402
 import functools  # noqa: E402
 import itertools  # noqa: E402
 import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 import tempfile  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -39,7 +47,7 @@ import optuna  # noqa: E402
 from common import data_dir, load_average, median, record, trainer  # noqa: E402
 
 from orchestrator import cli as orchestrate_cli  # noqa: E402
-from orchestrator.runner import TrainerProcess  # noqa: E402
+from orchestrator.runner import RunOutcome, TrainerProcess  # noqa: E402
 
 
 class Clock:
@@ -49,7 +57,10 @@ class Clock:
         self.sampler = 0.0
         self.storage = 0.0
         self._depth = 0  # nested calls (a sampler reading the storage) count once
+        # At each hand-over of a command to a trainer process: the time, sampler, storage.
         self.starts: list[tuple[float, float, float]] = []
+        # Each trainer process's start and exit (time.monotonic, as the runner's).
+        self.spans: list[tuple[float, float]] = []
 
     def timed(self, kind: str, method: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(method)
@@ -87,13 +98,19 @@ def instrument(clock: Clock) -> None:
         if not name.startswith("_") and callable(getattr(rdb, name, None)):
             setattr(rdb, name, clock.timed("storage", getattr(rdb, name)))
 
-    enter = TrainerProcess.__enter__
+    enter, wait = TrainerProcess.__enter__, TrainerProcess.wait
 
     def entering(process: TrainerProcess) -> TrainerProcess:
-        clock.starts.append((time.perf_counter(), clock.sampler, clock.storage))
+        clock.starts.append((time.monotonic(), clock.sampler, clock.storage))
         return enter(process)
 
-    TrainerProcess.__enter__ = entering
+    def waiting(process: TrainerProcess) -> RunOutcome:
+        outcome = wait(process)
+        clock.spans.append((process._started_at, process._started_at + outcome.seconds))
+        return outcome
+
+    TrainerProcess.__enter__ = entering  # type: ignore[method-assign]
+    TrainerProcess.wait = waiting  # type: ignore[method-assign]
 
 
 def window(values: list[float], centre: int, half: int) -> list[float]:
@@ -102,77 +119,138 @@ def window(values: list[float], centre: int, half: int) -> list[float]:
     return values[low : low + 2 * half]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=200)
-    parser.add_argument("--quick", action="store_true", help="30 trials, printed, not recorded")
-    args = parser.parse_args()
-    if args.quick:
-        args.trials = 30
-
+def measure(trials: int, prestart: bool) -> dict[str, Any]:
+    """One study in this process; what `main` prints, as numbers."""
+    started = time.monotonic() - (time.perf_counter() - IMPORT_STARTED)
     work = Path(tempfile.mkdtemp(prefix="orchestration-overhead-"))
     storage = f"sqlite:///{work / 'study.db'}"
     tune = ["tune", "--study", "overhead", "--storage", storage, "--runs-dir", str(work)]
-    tune += ["--trials", str(args.trials), "--epochs", "1", "--train-limit", "64"]
+    tune += ["--trials", str(trials), "--epochs", "1", "--train-limit", "64"]
     tune += ["--val-fraction", "0.01", "--seed", "0", "--trainer", str(trainer())]
-    tune += ["--data-dir", str(data_dir())]
+    tune += ["--data-dir", str(data_dir()), "--prestart" if prestart else "--no-prestart"]
     clock = Clock()
     instrument(clock)
-    load_before = load_average()
     try:
         orchestrate_cli.cli.main(args=tune, prog_name="orchestrate", standalone_mode=False)
     except SystemExit as exit_:
         if exit_.code:
             raise
-    wall = time.perf_counter() - IMPORT_STARTED
-    load_after = load_average()
+    wall = time.monotonic() - started
+    ended = (time.monotonic(), clock.sampler, clock.storage)
 
     study = optuna.load_study(study_name="overhead", storage=storage)
-    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
-    spawn_to_exit = [float(t.user_attrs["seconds"]) for t in trials]
+    trials_ = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
     inside = []
-    for t in trials:
+    for t in trials_:
         events = Path(str(t.user_attrs["trial_dir"])) / "events.jsonl"
         lines = [json.loads(x) for x in events.read_text().splitlines() if x.startswith("{")]
         inside.append(float(next(e["seconds"] for e in lines if e["event"] == "result")))
-    trainer_total = sum(spawn_to_exit)
-    overhead = (wall - trainer_total) / wall
-
-    # Per trial: sampler and storage time from one trainer start to the next.
-    marks = [*clock.starts, (time.perf_counter(), clock.sampler, clock.storage)]
-    pairs = list(itertools.pairwise(marks))
-    per_trial = [(b[1] - a[1]) + (b[2] - a[2]) for a, b in pairs]
-    between = [(b[0] - a[0]) - s for (a, b), s in zip(pairs, spawn_to_exit, strict=True)]
-    early, late = 20, args.trials
-    half = 5
-    early_cost = median(window(per_trial, early, half))
-    late_cost = median(window(per_trial, late - half + 1, half))
-    early_between = median(window(between, early, half))
-    late_between = median(window(between, late - half + 1, half))
+    spans = clock.spans
+    trainer_total = sum(end - start for start, end in spans)
+    # Sampler and storage from one hand-over to the next; the orchestrator's time from one
+    # exit to the next hand-over; the time with no trainer process, from an exit to the
+    # next process's start.
+    per_trial = [(b[1] - a[1]) + (b[2] - a[2]) for a, b in itertools.pairwise(clock.starts)]
+    per_trial.append((ended[1] - clock.starts[-1][1]) + (ended[2] - clock.starts[-1][2]))
+    work_between = [b[0] - a[1] for a, b in zip(spans, clock.starts[1:], strict=False)]
+    idle_between = [b[0] - a[1] for a, b in itertools.pairwise(spans)]
     counts: dict[str, int] = {}
-    for t in trials:
+    for t in trials_:
         counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    return {
+        "prestart": prestart,
+        "wall": wall,
+        "trainer_total": trainer_total,
+        "process_median": median([end - start for start, end in spans]),
+        "inside_median": median(inside),
+        "overhead": (wall - trainer_total) / wall,
+        "per_trial": per_trial,
+        "work_between": work_between,
+        "idle_between": idle_between,
+        "sampler": clock.sampler,
+        "storage": clock.storage,
+        "startup": spans[0][0] - started,
+        "states": counts,
+    }
 
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=200)
+    parser.add_argument("--quick", action="store_true", help="30 trials, printed, not recorded")
+    # Internal: one study in this process, its figures as JSON on the last line.
+    parser.add_argument("--one", choices=["prestart", "no-prestart"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.quick:
+        args.trials = 30
+    if args.one:
+        print(json.dumps(measure(args.trials, args.one == "prestart")))
+        return
+
+    load_before = load_average()
+    runs = {}
+    for mode in ("no-prestart", "prestart"):
+        command = [sys.executable, __file__, "--one", mode, "--trials", str(args.trials)]
+        completed = subprocess.run(command, capture_output=True, text=True, check=False)
+        if completed.returncode != 0:
+            raise SystemExit(f"the {mode} study failed:\n{completed.stderr[-3000:]}")
+        runs[mode] = json.loads(completed.stdout.splitlines()[-1])
+    load_after = load_average()
+
+    early, late, half = 20, args.trials, 5
+
+    def window_median(values: list[float], centre: int) -> float:
+        return median(window(values, centre, half))
+
+    lines = [
+        f"- command: `python benchmarks/orchestration_overhead.py --trials {args.trials}`",
+        f"- load average (1 min) before and after: {load_before:.2f}, {load_after:.2f}",
+    ]
+    for run in runs.values():
+        how = (
+            "as users run it (`--prestart`, the default: each trainer process started "
+            "while the last trial is recorded and the next sampled)"
+            if run["prestart"]
+            else "with `--no-prestart` (each trainer process started once its trial is sampled)"
+        )
+        overhead = run["overhead"]
+        verdict = "met" if overhead <= 0.03 else "MISSED"
+        cost = [
+            window_median(run["per_trial"], early),
+            window_median(run["per_trial"], late - half + 1),
+        ]
+        work = [
+            window_median(run["work_between"], early),
+            window_median(run["work_between"], late - half),
+        ]
+        idle = [
+            window_median(run["idle_between"], early),
+            window_median(run["idle_between"], late - half),
+        ]
+        lines += [
+            f"- {how}: trials {', '.join(f'{v} {k}' for k, v in sorted(run['states'].items()))}",
+            f"  - study wall time {run['wall']:.1f} s; trainer processes (start to exit) "
+            f"{run['trainer_total']:.1f} s in all, median {run['process_median']:.3f} s a "
+            f"trial, of which the trainer's own `seconds` median {run['inside_median']:.3f} s",
+            f"  - overhead (wall - trainer time) / wall = {overhead:.3f}"
+            + (f" (goal <= 0.03: {verdict})" if run["prestart"] else ""),
+            f"  - orchestrator's work from one trainer's exit to the next hand-over, median of "
+            f"trials {early - half}-{early + half - 1} and of the last {2 * half}: "
+            f"{work[0] * 1e3:.1f} ms and {work[1] * 1e3:.1f} ms; time with no trainer process "
+            f"between two trials: {idle[0] * 1e3:.1f} ms and {idle[1] * 1e3:.1f} ms",
+            f"  - sampler + storage time a trial, same windows: {cost[0] * 1e3:.1f} ms and "
+            f"{cost[1] * 1e3:.1f} ms (ratio {cost[1] / cost[0]:.2f}); sampler "
+            f"{run['sampler']:.1f} s and storage {run['storage']:.1f} s in all; start-up "
+            f"before the first trainer {run['startup']:.2f} s",
+        ]
+    saved = runs["no-prestart"]["wall"] - runs["prestart"]["wall"]
+    lines.append(
+        f"- starting trainers ahead saved {saved:.1f} s of {runs['no-prestart']['wall']:.1f} s "
+        f"({saved / args.trials * 1e3:.0f} ms a trial)"
+    )
     record(
         f"Orchestration overhead ({args.trials} one-step trials, TPE, SQLite)",
-        [
-            f"- command: `python benchmarks/orchestration_overhead.py --trials {args.trials}`",
-            f"- load average (1 min) before and after: {load_before:.2f}, {load_after:.2f}",
-            f"- trials: {', '.join(f'{v} {k}' for k, v in sorted(counts.items()))}",
-            f"- study wall time {wall:.1f} s; trainer processes (spawn to exit) "
-            f"{trainer_total:.1f} s in all, median {median(spawn_to_exit):.3f} s a trial, of "
-            f"which the trainer's own `seconds` median {median(inside):.3f} s",
-            f"- overhead (wall - trainer time) / wall = {overhead:.3f} (goal <= 0.03: "
-            f"{'met' if overhead <= 0.03 else 'MISSED'})",
-            f"- sampler + storage time a trial, median of trials {early - half}-"
-            f"{early + half - 1}: {early_cost * 1e3:.1f} ms; of trials "
-            f"{late - 2 * half + 1}-{late}: {late_cost * 1e3:.1f} ms (ratio "
-            f"{late_cost / early_cost:.2f})",
-            f"- all orchestrator time between trainer processes, same windows: "
-            f"{early_between * 1e3:.1f} ms and {late_between * 1e3:.1f} ms",
-            f"- sampler {clock.sampler:.1f} s and storage {clock.storage:.1f} s in all; "
-            f"start-up before the first trainer {marks[0][0] - IMPORT_STARTED:.2f} s",
-        ],
+        lines,
         write=not args.quick,
     )
 

@@ -318,6 +318,13 @@ def train(trainer: Path | None, trainer_args: tuple[str, ...]) -> NoReturn:
     help="How many of this process's trials may share one GPU.",
 )
 @click.option(
+    "--prestart/--no-prestart",
+    default=True,
+    show_default=True,
+    help="Start each trial's trainer process while the last trial is recorded and the next "
+    "sampled, so that loading libtorch overlaps that work (not with a GPU per trial).",
+)
+@click.option(
     "--runs-dir",
     default=Path("runs"),
     show_default=True,
@@ -378,6 +385,7 @@ def tune(
     threads: int | None,
     n_jobs: int,
     trials_per_gpu: int,
+    prestart: bool,
     runs_dir: Path,
     trial_timeout: float | None,
     timeout: float | None,
@@ -442,6 +450,7 @@ def tune(
         timeout=timeout,
         n_jobs=n_jobs,
         trials_per_gpu=trials_per_gpu,
+        prestart=prestart,
         heartbeat=heartbeat,
         sampler_args=parse_args_json(sampler_args, "--sampler-args"),
         pruner_args=parse_args_json(pruner_args, "--pruner-args"),

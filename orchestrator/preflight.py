@@ -16,6 +16,7 @@ from pathlib import Path
 from orchestrator import datasets
 from orchestrator.contract import check_space, describe_trainer
 from orchestrator.errors import DataNotFound, SpaceError
+from orchestrator.runner import FLAGS_FROM_STDIN
 from orchestrator.space import RESERVED, SearchSpace
 
 DATA_DIR_ENV = "RUST_TRAINER_DATA_DIR"
@@ -48,6 +49,10 @@ def check_trainer(
         # A flag that tune sets or the space samples would be overridden (or would
         # override) without a word, and the study's record would no longer say what ran.
         name = flag.removeprefix("--").replace("-", "_")
+        if flag == FLAGS_FROM_STDIN:
+            raise SpaceError(
+                f"{flag} after `--` is how tune itself hands a trial its flags; leave it out"
+            )
         if name in TUNE_SETS:
             raise SpaceError(
                 f"{flag} after `--` would change what the study records; give it to tune "

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import json
 import logging
 import math
 import os
@@ -72,6 +73,8 @@ _OUT_OF_MEMORY = re.compile(
     re.IGNORECASE,
 )
 
+# The trainer flag that makes it read the rest of its command from stdin (`Prestarted`).
+FLAGS_FROM_STDIN = "--flags-from-stdin"
 STDERR_TAIL_LINES = 20
 _TAIL_BYTES = 64 * 1024
 _PR_SET_PDEATHSIG = 1
@@ -116,6 +119,15 @@ class RunOutcome:
     stderr_tail: tuple[str, ...]
     # Whether the orchestrator itself sent SIGKILL (after the grace period).
     killed: bool = False
+    # Whether a process started ahead (`Prestarted`) ran it, handed its flags on stdin;
+    # whether one was there for it but had exited before, so that a new one ran it.
+    prestarted: bool = False
+    prestart_exited: bool = False
+
+    def refused_handed_flags(self) -> bool:
+        """Whether a process started ahead exited as a usage error before starting: what a
+        wrapper script does that reads its flags from its own command line."""
+        return self.prestarted and self.returncode == 2 and self.start is None
 
     @property
     def exit_code(self) -> int | None:
@@ -174,13 +186,54 @@ class RunOutcome:
         return _OUT_OF_MEMORY.search(text) is not None
 
 
+class Prestarted:
+    """A trainer process started before its trial is known: `PREFIX... --flags-from-stdin`.
+
+    Loading libtorch takes the trainer about half a second before it reads any flag; a
+    process started ahead does that while the orchestrator records one trial and samples
+    the next, and `TrainerProcess` then hands it the rest of the command on stdin. Until
+    then it has printed nothing and holds nothing, so discarding it loses nothing.
+    """
+
+    def __init__(self, prefix: Sequence[str]) -> None:
+        self.prefix = tuple(prefix)
+        self.started_at = time.monotonic()
+        self.proc = _popen([*self.prefix, FLAGS_FROM_STDIN], stdin=subprocess.PIPE, env=None)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def hand_over(self, rest: Sequence[str]) -> bool:
+        """Writes the rest of the command; False when the process is gone (nothing sent)."""
+        stdin = self.proc.stdin
+        assert stdin is not None
+        try:
+            stdin.write(json.dumps(list(rest)).encode() + b"\n")
+            stdin.close()
+        except OSError:  # it died after alive() said otherwise
+            return False
+        return True
+
+    def discard(self) -> None:
+        """Ends the process and closes its pipes; it is still waiting for its flags."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+
+
 class TrainerProcess:
     """Runs one trainer command; use it as a context manager.
 
     With `log_dir`, the command goes to `command.txt`, every stdout line to
     `events.jsonl` and stderr to `stderr.log` in that folder; without it, stderr is the
     caller's stderr and nothing is written. `env` adds variables to the inherited
-    environment (CUDA_VISIBLE_DEVICES); they lead the recorded command line.
+    environment (CUDA_VISIBLE_DEVICES); they lead the recorded command line. `prestarted`,
+    a process started with the start of `command` (and no `env`), runs the command instead
+    of a new process when it is still alive; its time counts from its own start.
     """
 
     def __init__(
@@ -191,9 +244,11 @@ class TrainerProcess:
         timeout: float | None = None,
         grace_seconds: float = 5.0,
         env: Mapping[str, str] | None = None,
+        prestarted: Prestarted | None = None,
     ) -> None:
         self.command = tuple(command)
         self.env = dict(env or {})
+        self._prestarted = prestarted
         self._log_dir = log_dir
         self._timeout = timeout
         self._grace_seconds = grace_seconds
@@ -214,6 +269,8 @@ class TrainerProcess:
         self._malformed: str | None = None
         self._timed_out = False
         self._killed = False
+        self._adopted = False
+        self._spare_exited = False
         self._non_events = 0
 
     @property
@@ -222,25 +279,29 @@ class TrainerProcess:
         return command_line(self.command, self.env)
 
     def __enter__(self) -> TrainerProcess:
-        if self._log_dir is not None:
-            self._log_dir.mkdir(parents=True, exist_ok=True)
-            (self._log_dir / "command.txt").write_text(self.command_line + "\n")
-            self._events_log = (self._log_dir / "events.jsonl").open("wb")
-            self._stderr_log = (self._log_dir / "stderr.log").open("wb")
+        try:
+            if self._log_dir is not None:
+                self._log_dir.mkdir(parents=True, exist_ok=True)
+                (self._log_dir / "command.txt").write_text(self.command_line + "\n")
+                self._events_log = (self._log_dir / "events.jsonl").open("wb")
+                self._stderr_log = (self._log_dir / "stderr.log").open("wb")
+        except BaseException:
+            if self._prestarted is not None:
+                self._prestarted.discard()
+            self._close_logs()
+            raise
 
         logger.debug("starting %s", self.command_line)
-        self._started_at = time.monotonic()
+        self._proc = self._adopt()
         try:
-            self._proc = subprocess.Popen(
-                self.command,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE if self._log_dir is not None else None,
-                env={**os.environ, **self.env} if self.env else None,
-                # Its own process group, so that ending it also ends anything it started.
-                start_new_session=True,
-                preexec_fn=_die_with(os.getpid()) if _PRCTL is not None else None,
-            )
+            if self._proc is None:
+                self._started_at = time.monotonic()
+                self._proc = _popen(
+                    self.command,
+                    stdin=subprocess.DEVNULL,
+                    env=self.env,
+                    stderr=subprocess.PIPE if self._log_dir is not None else None,
+                )
         except OSError as err:
             self._close_logs()
             raise TrainerNotFound(f"cannot start {self.command[0]}: {err.strerror}") from err
@@ -273,6 +334,23 @@ class TrainerProcess:
             self.end()
         finally:
             self._finish_io()
+
+    def _adopt(self) -> subprocess.Popen[bytes] | None:
+        """The prestarted process, given the rest of the command, when it can run it."""
+        spare, self._prestarted = self._prestarted, None
+        if spare is None:
+            return None
+        head, rest = self.command[: len(spare.prefix)], self.command[len(spare.prefix) :]
+        # Its stderr is a pipe: only a run that keeps logs drains one.
+        usable = head == spare.prefix and not self.env and self._log_dir is not None
+        if not (usable and spare.alive() and spare.hand_over(rest)):
+            # Gone before it had its flags: it will not take them this way (see RunOutcome).
+            self._spare_exited = usable and spare.proc.poll() is not None
+            spare.discard()
+            return None
+        self._started_at = spare.started_at
+        self._adopted = True
+        return spare.proc
 
     @property
     def pid(self) -> int:
@@ -329,6 +407,8 @@ class TrainerProcess:
             timed_out=self._timed_out,
             stderr_tail=self.stderr_tail(),
             killed=self._killed,
+            prestarted=self._adopted,
+            prestart_exited=self._spare_exited,
         )
 
     def send_signal(self, sig: int) -> None:
@@ -423,6 +503,25 @@ class TrainerProcess:
         for log in (self._events_log, self._stderr_log):
             if log is not None:
                 log.close()
+
+
+def _popen(
+    command: Sequence[str],
+    *,
+    stdin: int,
+    env: Mapping[str, str] | None,
+    stderr: int | None = subprocess.PIPE,
+) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        command,
+        stdin=stdin,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        env={**os.environ, **env} if env else None,
+        # Its own process group, so that ending it also ends anything it started.
+        start_new_session=True,
+        preexec_fn=_die_with(os.getpid()) if _PRCTL is not None else None,
+    )
 
 
 def command_line(command: Sequence[str], env: Mapping[str, str] | None = None) -> str:

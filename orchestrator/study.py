@@ -54,7 +54,14 @@ from orchestrator.parallel import (
     visible_gpus,
 )
 from orchestrator.registry import PRUNERS, SAMPLERS, PrunerSettings, SamplerSettings
-from orchestrator.runner import Failure, RunOutcome, TrainerProcess, command_line
+from orchestrator.runner import (
+    FLAGS_FROM_STDIN,
+    Failure,
+    Prestarted,
+    RunOutcome,
+    TrainerProcess,
+    command_line,
+)
 from orchestrator.space import SearchSpace, Value
 from orchestrator.storage import (
     Heartbeat,
@@ -177,6 +184,9 @@ class TuneConfig:
     enqueue: tuple[Mapping[str, Value], ...] = ()
     # What the study optimises (objectives.DIRECTIONS); several make a Pareto front.
     objectives: tuple[str, ...] = objectives_mod.DEFAULT
+    # Start each trial's trainer process while the previous trial is being recorded and the
+    # next one sampled (`rust-trainer train --flags-from-stdin`); not with a GPU pool.
+    prestart: bool = True
 
     def __post_init__(self) -> None:
         if self.trials < 1:
@@ -231,6 +241,8 @@ class Objective:
         grid: bool = False,
         beat: Callable[[int], None] | None = None,
         objectives: tuple[str, ...] = objectives_mod.DEFAULT,
+        prestart: bool = False,
+        spares: int = 1,
     ) -> None:
         self.trainer = trainer
         self.flags = flags
@@ -243,17 +255,47 @@ class Objective:
         self.grid = grid
         self.beat = beat
         self.objectives = objectives
+        # With `prestart`, each finished trial starts the process of a trial to come (at
+        # most `spares` wait at once); they run without a GPU slot's CUDA_VISIBLE_DEVICES.
+        self._prestart = prestart and gpus is None
+        self._max_spares = spares
+        self._spares: list[Prestarted] = []
+        self._spares_lock = threading.Lock()
+        self._gave_up_prestart = False
 
     def command(self, sampled: dict[str, Value]) -> list[str]:
         """The exact trainer command for a sampled point."""
-        return [
-            str(self.trainer),
-            "train",
-            *self.flags.flags(),
-            "--seed",
-            str(self.seed),
-            *self.space.flags(sampled),
-        ]
+        return [*self._shared_command(), "--seed", str(self.seed), *self.space.flags(sampled)]
+
+    def _shared_command(self) -> list[str]:
+        """The start of every trial's command: what a process started ahead is given."""
+        return [str(self.trainer), "train", *self.flags.flags()]
+
+    def close(self) -> None:
+        """Ends the processes started for trials that will not come."""
+        with self._spares_lock:
+            spares, self._spares = self._spares, []
+        for spare in spares:
+            spare.discard()
+
+    def _take_spare(self) -> Prestarted | None:
+        with self._spares_lock:
+            return self._spares.pop() if self._spares else None
+
+    def _start_spare(self) -> None:
+        if not self._prestart or self.interrupter.interrupted:
+            return
+        with self._spares_lock:
+            if len(self._spares) >= self._max_spares:
+                return
+        try:
+            spare = Prestarted(self._shared_command())
+        except OSError as err:
+            # The next trial starts its own process, and says what is wrong with it.
+            logger.debug("could not start a trainer ahead: %s", err)
+            return
+        with self._spares_lock:
+            self._spares.append(spare)
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         if self.interrupter.interrupted:
@@ -283,12 +325,24 @@ class Objective:
                 trial_dir=str(trial_dir),
                 **({"cuda_visible_devices": gpu} if gpu is not None else {}),
             )
+            spare = self._take_spare() if gpu is None else None
             try:
-                outcome = self._run(trial, command, trial_dir, env)
+                outcome = self._run(trial, command, trial_dir, env, spare)
+                if outcome.prestart_exited:
+                    self._give_up_prestart(
+                        "the trainer process started ahead of trial %d exited before it was "
+                        "handed its flags on stdin",
+                        trial.number,
+                    )
+                elif outcome.refused_handed_flags() and not self.interrupter.interrupted:
+                    outcome = self._run_cold(trial, command, trial_dir, env)
             except KeyboardInterrupt:
                 # Only where the interrupter could not take the signal (not the main thread).
                 trial.set_user_attr("fail_reason", "interrupted")
                 raise
+            finally:
+                # Its libtorch loads while Optuna records this trial and samples the next.
+                self._start_spare()
 
         failure = outcome.failure()
         if failure is not None and self.interrupter.interrupted:
@@ -320,6 +374,41 @@ class Objective:
         values = objectives_mod.values(self.objectives, result, outcome.start)
         return values if len(values) > 1 else values[0]
 
+    def _run_cold(
+        self, trial: optuna.Trial, command: list[str], trial_dir: Path, env: dict[str, str]
+    ) -> RunOutcome:
+        """Runs a trial again in a process started for it, after one started ahead refused
+        the flags handed on its stdin, as a wrapper script that reads its own command line
+        does. No more start ahead, unless this run refuses the flags too (they are wrong)."""
+        self._prestart, wanted = False, self._prestart
+        self.close()
+        logger.warning(
+            "Trial %d: the trainer process started ahead of it refused the flags handed on "
+            "its stdin (%s); running the trial again in a process started for it.",
+            trial.number,
+            FLAGS_FROM_STDIN,
+        )
+        outcome = self._run(trial, command, trial_dir, env, None)
+        if outcome.returncode == 2 and outcome.start is None:
+            self._prestart = wanted
+        else:
+            self._give_up_prestart("trial %d ran when started for it", trial.number)
+        return outcome
+
+    def _give_up_prestart(self, why: str, *args: object) -> None:
+        with self._spares_lock:
+            if self._gave_up_prestart:
+                return
+            self._gave_up_prestart = True
+        self._prestart = False
+        self.close()
+        logger.warning(
+            f"{why[0].upper()}{why[1:]}; from now on each trial's trainer starts once the trial "
+            f"is sampled (--no-prestart). {self.trainer} takes its flags from its command line "
+            "only: a wrapper script?",
+            *args,
+        )
+
     @contextmanager
     def _gpu(self) -> Iterator[str | None]:
         if self.gpus is None:
@@ -329,12 +418,19 @@ class Objective:
             yield device
 
     def _run(
-        self, trial: optuna.Trial, command: list[str], trial_dir: Path, env: dict[str, str]
+        self,
+        trial: optuna.Trial,
+        command: list[str],
+        trial_dir: Path,
+        env: dict[str, str],
+        spare: Prestarted | None,
     ) -> RunOutcome:
         started = time.monotonic()
         best: EpochEvent | None = None
         start: StartEvent | None = None
-        process = TrainerProcess(command, log_dir=trial_dir, timeout=self.timeout, env=env)
+        process = TrainerProcess(
+            command, log_dir=trial_dir, timeout=self.timeout, env=env, prestarted=spare
+        )
         curve: dict[str, float | None] = {}
         with process, self.interrupter.tracking(process):
             for event in process.events():
@@ -573,20 +669,23 @@ def tune(
     interrupter = Interrupter()
     started = time.monotonic()
     if stop_reason is None:
+        trial_objective = Objective(
+            trainer=config.trainer,
+            flags=config.flags,
+            space=config.space,
+            seed=seed,
+            study_dir=config.runs_dir.absolute() / _safe_name(config.study_name),
+            timeout=config.trial_timeout,
+            interrupter=interrupter,
+            gpus=gpus,
+            grid=grid is not None,
+            beat=_heartbeat_of(storage),
+            objectives=config.objectives,
+            prestart=config.prestart,
+            spares=config.n_jobs,
+        )
         objective = _Reseeding(
-            Objective(
-                trainer=config.trainer,
-                flags=config.flags,
-                space=config.space,
-                seed=seed,
-                study_dir=config.runs_dir.absolute() / _safe_name(config.study_name),
-                timeout=config.trial_timeout,
-                interrupter=interrupter,
-                gpus=gpus,
-                grid=grid is not None,
-                beat=_heartbeat_of(storage),
-                objectives=config.objectives,
-            ),
+            trial_objective,
             first_number=first_number if config.n_jobs == 1 else None,
             make_sampler=lambda sampler_seed: _sampler(config, sampler_seed),
             seed=seed,
@@ -602,15 +701,18 @@ def tune(
             run_trial = watcher.watching(objective)
             callbacks.append(watcher.trial_finished)
         # After a second signal the trainers are killed and Optuna has recorded the trial.
-        with interrupter.handling_signals(), contextlib.suppress(SecondSignal):
-            study.optimize(
-                run_trial,
-                n_trials=missing,
-                timeout=config.timeout,
-                n_jobs=config.n_jobs,
-                catch=(TrialFailed,),
-                callbacks=callbacks,
-            )
+        try:
+            with interrupter.handling_signals(), contextlib.suppress(SecondSignal):
+                study.optimize(
+                    run_trial,
+                    n_trials=missing,
+                    timeout=config.timeout,
+                    n_jobs=config.n_jobs,
+                    catch=(TrialFailed,),
+                    callbacks=callbacks,
+                )
+        finally:
+            trial_objective.close()
 
     after = _progress(study)
     if interrupter.signal is not None:

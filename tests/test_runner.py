@@ -13,7 +13,7 @@ from helpers import REAL_FLAGS, orchestrate_env, process_gone
 
 from orchestrator.errors import TrainerNotFound
 from orchestrator.events import EpochEvent, ResultEvent, StartEvent
-from orchestrator.runner import RunOutcome, TrainerProcess
+from orchestrator.runner import Prestarted, RunOutcome, TrainerProcess
 
 FakeTrainer = Callable[..., Path]
 
@@ -373,3 +373,51 @@ def test_a_sigkill_from_outside_is_a_crash_that_says_who_sends_one(
     assert failure is not None and failure.reason == "crashed"
     assert "SIGKILL from outside the orchestrator" in failure.message
     assert "out-of-memory killer" in failure.message
+
+
+def test_a_prestarted_process_runs_the_command_it_is_handed(
+    fake_trainer: FakeTrainer, tmp_path: Path
+) -> None:
+    trainer = fake_trainer()
+    spare = Prestarted([str(trainer), "train", "--epochs", "2"])
+    command = [str(trainer), "train", "--epochs", "2", "--lr", "0.01"]
+
+    with TrainerProcess(command, log_dir=tmp_path / "t", prestarted=spare) as process:
+        pid = process.pid
+        outcome = process.wait()
+
+    # The process started ahead ran the trial, with the flags it was handed on stdin.
+    assert pid == spare.proc.pid
+    assert outcome.failure() is None and [e.epoch for e in outcome.epochs] == [1, 2]
+    assert outcome.start is not None and outcome.start.config["lr"] == 0.01
+    # The log records the whole command, as a process started for it would have.
+    assert (tmp_path / "t" / "command.txt").read_text().split() == command
+
+
+@pytest.mark.parametrize("why", ["dead", "other command"])
+def test_a_prestarted_process_that_cannot_run_it_is_replaced(
+    fake_trainer: FakeTrainer, tmp_path: Path, why: str
+) -> None:
+    trainer = fake_trainer()
+    spare = Prestarted([str(trainer), "train", "--epochs", "3" if why == "dead" else "9"])
+    if why == "dead":
+        spare.proc.kill()
+        spare.proc.wait()
+
+    command = [str(trainer), "train", "--epochs", "3", "--lr", "0.01"]
+    with TrainerProcess(command, log_dir=tmp_path / "t", prestarted=spare) as process:
+        pid = process.pid
+        outcome = process.wait()
+
+    # A new process runs the trial, and the unusable one is gone.
+    assert pid != spare.proc.pid and spare.proc.returncode is not None
+    assert outcome.failure() is None and len(outcome.epochs) == 3
+
+
+def test_a_discarded_prestarted_process_ends_while_waiting(fake_trainer: FakeTrainer) -> None:
+    spare = Prestarted([str(fake_trainer()), "train"])
+    assert spare.alive()
+
+    spare.discard()
+
+    assert not spare.alive() and process_gone(spare.proc.pid)
