@@ -14,7 +14,10 @@ where it starts only once the parameters are chosen. For each:
   drained), summed; a process started ahead counts from its own start, which is the time
   it spends loading libtorch. With one trial at a time no two trainer processes overlap;
 - overhead = (study wall time - sum of trainer times) / study wall time, the time no
-  trainer process exists; goal <= 0.03;
+  trainer process exists. A process started ahead may wait for its flags, and that wait
+  counts as trainer time here; so the goal (<= 0.03) is judged on the stricter figure, the
+  study run as users run it against the trainer time of the same trials started cold (the
+  seeded studies sample the same points);
 - per trial, the orchestrator's time from one trainer's exit to the next one being handed
   its command (sampler, storage, pruner, callbacks: hidden behind the next process's start
   when it was started ahead) and the time with no trainer process at all;
@@ -214,7 +217,6 @@ def main() -> None:
             else "with `--no-prestart` (each trainer process started once its trial is sampled)"
         )
         overhead = run["overhead"]
-        verdict = "met" if overhead <= 0.03 else "MISSED"
         cost = [
             window_median(run["per_trial"], early),
             window_median(run["per_trial"], late - half + 1),
@@ -233,7 +235,7 @@ def main() -> None:
             f"{run['trainer_total']:.1f} s in all, median {run['process_median']:.3f} s a "
             f"trial, of which the trainer's own `seconds` median {run['inside_median']:.3f} s",
             f"  - overhead (wall - trainer time) / wall = {overhead:.3f}"
-            + (f" (goal <= 0.03: {verdict})" if run["prestart"] else ""),
+            + (" (a process started ahead counts from its start)" if run["prestart"] else ""),
             f"  - orchestrator's work from one trainer's exit to the next hand-over, median of "
             f"trials {early - half}-{early + half - 1} and of the last {2 * half}: "
             f"{work[0] * 1e3:.1f} ms and {work[1] * 1e3:.1f} ms; time with no trainer process "
@@ -243,11 +245,19 @@ def main() -> None:
             f"{run['sampler']:.1f} s and storage {run['storage']:.1f} s in all; start-up "
             f"before the first trainer {run['startup']:.2f} s",
         ]
-    saved = runs["no-prestart"]["wall"] - runs["prestart"]["wall"]
-    lines.append(
-        f"- starting trainers ahead saved {saved:.1f} s of {runs['no-prestart']['wall']:.1f} s "
-        f"({saved / args.trials * 1e3:.0f} ms a trial)"
-    )
+    ahead, cold = runs["prestart"], runs["no-prestart"]
+    saved = cold["wall"] - ahead["wall"]
+    # A process started ahead may wait for its flags, and that wait would count as trainer
+    # time; the same trials' processes started cold (the seeded studies sample the same
+    # points) measure what the trainers themselves need, and the rest is the orchestrator's.
+    strict = (ahead["wall"] - cold["trainer_total"]) / ahead["wall"]
+    lines += [
+        f"- starting trainers ahead saved {saved:.1f} s of {cold['wall']:.1f} s "
+        f"({saved / args.trials * 1e3:.0f} ms a trial)",
+        f"- overhead as users run it, against what the same trainer processes take started "
+        f"cold: ({ahead['wall']:.1f} - {cold['trainer_total']:.1f}) / {ahead['wall']:.1f} = "
+        f"{strict:.3f} (goal <= 0.03: {'met' if strict <= 0.03 else 'MISSED'})",
+    ]
     record(
         f"Orchestration overhead ({args.trials} one-step trials, TPE, SQLite)",
         lines,
