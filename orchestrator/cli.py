@@ -319,10 +319,11 @@ def train(trainer: Path | None, trainer_args: tuple[str, ...]) -> NoReturn:
 )
 @click.option(
     "--prestart/--no-prestart",
-    default=True,
-    show_default=True,
+    default=None,
     help="Start each trial's trainer process while the last trial is recorded and the next "
-    "sampled, so that loading libtorch overlaps that work (not with a GPU per trial).",
+    "sampled, so that loading libtorch overlaps that work; it is handed its flags on stdin. "
+    "Default: on when the trainer is a binary, off for a script (a wrapper may read its "
+    "command line); never with a GPU per trial.",
 )
 @click.option(
     "--runs-dir",
@@ -385,7 +386,7 @@ def tune(
     threads: int | None,
     n_jobs: int,
     trials_per_gpu: int,
-    prestart: bool,
+    prestart: bool | None,
     runs_dir: Path,
     trial_timeout: float | None,
     timeout: float | None,

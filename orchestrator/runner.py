@@ -120,14 +120,10 @@ class RunOutcome:
     # Whether the orchestrator itself sent SIGKILL (after the grace period).
     killed: bool = False
     # Whether a process started ahead (`Prestarted`) ran it, handed its flags on stdin;
-    # whether one was there for it but had exited before, so that a new one ran it.
+    # whether one was there for it but had exited, or would not read them, so that a new
+    # one ran it: a trainer that does not take its flags that way (a wrapper script).
     prestarted: bool = False
-    prestart_exited: bool = False
-
-    def refused_handed_flags(self) -> bool:
-        """Whether a process started ahead exited as a usage error before starting: what a
-        wrapper script does that reads its flags from its own command line."""
-        return self.prestarted and self.returncode == 2 and self.start is None
+    prestart_lost: bool = False
 
     @property
     def exit_code(self) -> int | None:
@@ -270,7 +266,7 @@ class TrainerProcess:
         self._timed_out = False
         self._killed = False
         self._adopted = False
-        self._spare_exited = False
+        self._spare_lost = False
         self._non_events = 0
 
     @property
@@ -344,8 +340,8 @@ class TrainerProcess:
         # Its stderr is a pipe: only a run that keeps logs drains one.
         usable = head == spare.prefix and not self.env and self._log_dir is not None
         if not (usable and spare.alive() and spare.hand_over(rest)):
-            # Gone before it had its flags: it will not take them this way (see RunOutcome).
-            self._spare_exited = usable and spare.proc.poll() is not None
+            # Gone before it had its flags, or not reading them (see RunOutcome).
+            self._spare_lost = usable
             spare.discard()
             return None
         self._started_at = spare.started_at
@@ -408,7 +404,7 @@ class TrainerProcess:
             stderr_tail=self.stderr_tail(),
             killed=self._killed,
             prestarted=self._adopted,
-            prestart_exited=self._spare_exited,
+            prestart_lost=self._spare_lost,
         )
 
     def send_signal(self, sig: int) -> None:

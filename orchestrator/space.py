@@ -193,6 +193,11 @@ class SearchSpace:
                     f"{name!r} is set for the whole study (--{_flag(name)}), "
                     "so a search space may not sample or fix it"
                 )
+            if name == "flags_from_stdin":
+                raise SpaceError(
+                    f"{name!r} is how tune itself hands a trial its flags, "
+                    "so a search space may not sample or fix it"
+                )
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise SpaceError(f"{self.name}: each parameter may appear once, but got {duplicates}")

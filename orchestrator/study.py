@@ -185,8 +185,9 @@ class TuneConfig:
     # What the study optimises (objectives.DIRECTIONS); several make a Pareto front.
     objectives: tuple[str, ...] = objectives_mod.DEFAULT
     # Start each trial's trainer process while the previous trial is being recorded and the
-    # next one sampled (`rust-trainer train --flags-from-stdin`); not with a GPU pool.
-    prestart: bool = True
+    # next one sampled (`rust-trainer train --flags-from-stdin`); not with a GPU pool. None:
+    # when the trainer is a binary, not a script (a wrapper that may read its command line).
+    prestart: bool | None = None
 
     def __post_init__(self) -> None:
         if self.trials < 1:
@@ -243,6 +244,7 @@ class Objective:
         objectives: tuple[str, ...] = objectives_mod.DEFAULT,
         prestart: bool = False,
         spares: int = 1,
+        trials: int | None = None,
     ) -> None:
         self.trainer = trainer
         self.flags = flags
@@ -262,6 +264,10 @@ class Objective:
         self._spares: list[Prestarted] = []
         self._spares_lock = threading.Lock()
         self._gave_up_prestart = False
+        # How many trials this run may start (`trials`), and how many it has: none is
+        # started ahead for a trial that cannot come.
+        self._trials = trials
+        self._begun = 0
 
     def command(self, sampled: dict[str, Value]) -> list[str]:
         """The exact trainer command for a sampled point."""
@@ -286,7 +292,10 @@ class Objective:
         if not self._prestart or self.interrupter.interrupted:
             return
         with self._spares_lock:
-            if len(self._spares) >= self._max_spares:
+            limit = self._max_spares
+            if self._trials is not None:
+                limit = min(limit, self._trials - self._begun)
+            if len(self._spares) >= limit:
                 return
         try:
             spare = Prestarted(self._shared_command())
@@ -298,6 +307,8 @@ class Objective:
             self._spares.append(spare)
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
+        with self._spares_lock:
+            self._begun += 1
         if self.interrupter.interrupted:
             _end_early(trial, "interrupted", "the study was stopped before this trial started")
         if self.grid and not _from_queue(trial):
@@ -328,14 +339,8 @@ class Objective:
             spare = self._take_spare() if gpu is None else None
             try:
                 outcome = self._run(trial, command, trial_dir, env, spare)
-                if outcome.prestart_exited:
-                    self._give_up_prestart(
-                        "the trainer process started ahead of trial %d exited before it was "
-                        "handed its flags on stdin",
-                        trial.number,
-                    )
-                elif outcome.refused_handed_flags() and not self.interrupter.interrupted:
-                    outcome = self._run_cold(trial, command, trial_dir, env)
+                if outcome.prestart_lost:
+                    self._give_up_prestart(trial.number)
             except KeyboardInterrupt:
                 # Only where the interrupter could not take the signal (not the main thread).
                 trial.set_user_attr("fail_reason", "interrupted")
@@ -374,28 +379,9 @@ class Objective:
         values = objectives_mod.values(self.objectives, result, outcome.start)
         return values if len(values) > 1 else values[0]
 
-    def _run_cold(
-        self, trial: optuna.Trial, command: list[str], trial_dir: Path, env: dict[str, str]
-    ) -> RunOutcome:
-        """Runs a trial again in a process started for it, after one started ahead refused
-        the flags handed on its stdin, as a wrapper script that reads its own command line
-        does. No more start ahead, unless this run refuses the flags too (they are wrong)."""
-        self._prestart, wanted = False, self._prestart
-        self.close()
-        logger.warning(
-            "Trial %d: the trainer process started ahead of it refused the flags handed on "
-            "its stdin (%s); running the trial again in a process started for it.",
-            trial.number,
-            FLAGS_FROM_STDIN,
-        )
-        outcome = self._run(trial, command, trial_dir, env, None)
-        if outcome.returncode == 2 and outcome.start is None:
-            self._prestart = wanted
-        else:
-            self._give_up_prestart("trial %d ran when started for it", trial.number)
-        return outcome
-
-    def _give_up_prestart(self, why: str, *args: object) -> None:
+    def _give_up_prestart(self, number: int) -> None:
+        """Starts no more processes ahead: one of them was gone, or not reading its stdin,
+        when its trial came (which then ran in a process started for it)."""
         with self._spares_lock:
             if self._gave_up_prestart:
                 return
@@ -403,10 +389,12 @@ class Objective:
         self._prestart = False
         self.close()
         logger.warning(
-            f"{why[0].upper()}{why[1:]}; from now on each trial's trainer starts once the trial "
-            f"is sampled (--no-prestart). {self.trainer} takes its flags from its command line "
-            "only: a wrapper script?",
-            *args,
+            "The trainer process started ahead of trial %d had exited, or did not read its "
+            "stdin, before it was handed its flags (%s); from now on each trial's trainer "
+            "starts once the trial is sampled. Is %s a wrapper script? Pass --no-prestart.",
+            number,
+            FLAGS_FROM_STDIN,
+            self.trainer,
         )
 
     @contextmanager
@@ -569,6 +557,19 @@ class _Progress:
     waiting: int
 
 
+def _prestarts(config: TuneConfig) -> bool:
+    """Whether trainers start ahead of their trials: as asked, or by default when the
+    trainer is not a script. A wrapper script could read or add flags on its command line,
+    where the flags handed on stdin never appear."""
+    if config.prestart is not None:
+        return config.prestart
+    try:
+        with Path(config.trainer).open("rb") as trainer:
+            return trainer.read(2) != b"#!"
+    except OSError:
+        return False
+
+
 def _progress(study: optuna.Study) -> _Progress:
     trials = study.get_trials(deepcopy=False)
     return _Progress(
@@ -681,8 +682,9 @@ def tune(
             grid=grid is not None,
             beat=_heartbeat_of(storage),
             objectives=config.objectives,
-            prestart=config.prestart,
+            prestart=_prestarts(config),
             spares=config.n_jobs,
+            trials=missing,
         )
         objective = _Reseeding(
             trial_objective,

@@ -99,6 +99,10 @@ def test_a_float_without_grid_points_cannot_be_gridded() -> None:
         (lambda: CategoricalParam("optimizer", ()), "at least one choice"),
         (lambda: SearchSpace("s", (IntParam("epochs", 1, 3),)), "set for the whole study"),
         (
+            lambda: SearchSpace("s", (), (FixedParam("flags_from_stdin", True),)),
+            "how tune itself hands a trial its flags",
+        ),
+        (
             lambda: SearchSpace("s", (IntParam("a", 1, 2),), (FixedParam("b", 1, (("c", 1),)),)),
             r"depends on \['c'\]",
         ),

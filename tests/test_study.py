@@ -5,6 +5,7 @@ import logging
 import math
 import shlex
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -561,11 +562,20 @@ def test_real_trials_started_ahead_train_as_trials_started_for_them(
         return hand_over(spare, rest)
 
     monkeypatch.setattr(runner.Prestarted, "hand_over", counting)
+    started: list[float] = []
+    prestarted_init = runner.Prestarted.__init__
+
+    def starting(spare: runner.Prestarted, prefix: Any) -> None:
+        started.append(time.monotonic())
+        prestarted_init(spare, prefix)
+
+    monkeypatch.setattr(runner.Prestarted, "__init__", starting)
     flags = TrainerFlags(
         epochs=1, train_limit=256, val_fraction=0.02, threads=1, data_dir=data_dir
     )
     studies = {}
-    for prestart in (True, False):
+    # The default for a binary trainer is to start ahead.
+    for prestart in (None, False):
         cfg = config(
             real_trainer, tmp_path, study_name=f"ahead-{prestart}", flags=flags, prestart=prestart
         )
@@ -573,64 +583,57 @@ def test_real_trials_started_ahead_train_as_trials_started_for_them(
         studies[prestart] = load(cfg).trials
 
     # Every trial after the first ran in a process started while the last one was recorded,
-    # and was handed the seed and its sampled flags; none did with --no-prestart.
+    # and was handed the seed and its sampled flags; none did with --no-prestart, and none
+    # was started after the last trial.
     assert len(handed) == 3 and all(rest[:2] == ("--seed", "1") for rest in handed)
+    assert len(started) == 3
     # The same trials, to the bit (the CPU is deterministic), with the same recorded commands.
-    assert [t.value for t in studies[True]] == [t.value for t in studies[False]]
+    assert [t.value for t in studies[None]] == [t.value for t in studies[False]]
     commands = {p: [t.user_attrs["argv"][1:] for t in ts] for p, ts in studies.items()}
-    assert commands[True] == commands[False]
-    assert not any("--flags-from-stdin" in argv for argv in commands[True])
-    # The process started for a fifth trial that never came is gone with the study.
+    assert commands[None] == commands[False]
+    assert not any("--flags-from-stdin" in argv for argv in commands[None])
+    # No process waiting for its flags outlives the study.
     assert not [argv for _, argv in marked_processes(marker) if "--flags-from-stdin" in argv]
 
 
-@pytest.mark.parametrize("starts_in", [0, 0.5])
-def test_a_wrapper_that_reads_its_own_flags_gets_its_trials_started_for_them(
-    fake_trainer: FakeTrainer, tmp_path: Path, caplog: pytest.LogCaptureFixture, starts_in: float
+def test_a_wrapper_script_gets_its_trials_started_for_them(
+    fake_trainer: FakeTrainer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # A wrapper script that needs --lr on its own command line, as one that picks a queue
-    # or an environment by a flag would; the trainer behind it takes flags on stdin. Fast,
-    # its process started ahead has exited by the next trial; slow, it is handed the flags.
+    # or an environment by a flag would; the trainer behind it takes flags on stdin.
     real = fake_trainer()
     wrapper = tmp_path / "wrapper"
     wrapper.write_text(
         "#!/bin/sh\n"
-        f'if [ "$1" = train ]; then sleep {starts_in}; case " $* " in *\' --lr \'*) ;; *)\n'
+        'if [ "$1" = train ]; then case " $* " in *\' --lr \'*) ;; *)\n'
         "  echo 'error: the wrapper needs --lr' >&2; exit 2;; esac; fi\n"
         f'exec {real} "$@"\n'
     )
     wrapper.chmod(0o755)
-    cfg = config(wrapper, tmp_path, trials=4)
+    started: list[tuple[str, ...]] = []
+    prestarted_init = runner.Prestarted.__init__
 
+    def counting(spare: runner.Prestarted, prefix: Any) -> None:
+        started.append(tuple(prefix))
+        prestarted_init(spare, prefix)
+
+    monkeypatch.setattr(runner.Prestarted, "__init__", counting)
+
+    # By default a script's trials start once sampled: nothing is started ahead.
+    assert tune(config(wrapper, tmp_path, study_name="auto")).states == {"COMPLETE": 4}
+    assert started == []
+
+    # Asked to, tune starts the second trial's process ahead; gone before its flags came,
+    # the trial runs in a process started for it, as does every trial after it.
     with caplog.at_level(logging.WARNING, logger="orchestrator.study"):
-        summary = tune(cfg)
-
-    # The second trial found the process started for it refusing (or gone); it ran in one
-    # started for it, and so did every trial after it, with one warning that says why.
-    assert summary.states == {"COMPLETE": 4}
-    warnings = [r.getMessage() for r in caplog.records]
-    assert sum("from now on" in m for m in warnings) == 1
-    assert sum("refused the flags" in m for m in warnings) == (1 if starts_in else 0)
-    assert any("trial 1" in m.lower() for m in warnings)
-    # Its record is the run's: the trial's log holds a whole run, not the refusal.
-    trial_dir = Path(load(cfg).trials[1].user_attrs["trial_dir"])
+        forced = tune(config(wrapper, tmp_path, study_name="forced", prestart=True))
+    assert forced.states == {"COMPLETE": 4}
+    assert len(started) == 1
+    warnings = [r.getMessage() for r in caplog.records if "started ahead" in r.getMessage()]
+    assert len(warnings) == 1 and "trial 1" in warnings[0] and "--no-prestart" in warnings[0]
+    trial_dir = Path(load(config(wrapper, tmp_path, study_name="forced")).trials[1]
+                     .user_attrs["trial_dir"])  # fmt: skip
     assert "needs --lr" not in (trial_dir / "stderr.log").read_text()
-    assert '"event": "result"' in (trial_dir / "events.jsonl").read_text()
-
-
-def test_flags_wrong_either_way_fail_the_trial_and_keep_starting_ahead(
-    fake_trainer: FakeTrainer, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    # Every run is a usage error, handed its flags or not: the flags are at fault.
-    trainer = fake_trainer("print('error: unexpected argument', file=sys.stderr); sys.exit(2)")
-    cfg = config(trainer, tmp_path, trials=3)
-
-    with caplog.at_level(logging.WARNING, logger="orchestrator.study"):
-        summary = tune(cfg)
-
-    assert summary.states == {"FAIL": 3}
-    assert all(t.user_attrs["fail_reason"] == "usage error" for t in load(cfg).trials)
-    # Trials 1 and 2 each ran ahead, then again; starting ahead was never given up.
-    refused = [r for r in caplog.records if "refused the flags" in r.getMessage()]
-    assert len(refused) == 2
-    assert not any("from now on" in r.getMessage() for r in caplog.records)

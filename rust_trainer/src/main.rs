@@ -107,9 +107,22 @@ fn flags_from_stdin(mut input: impl BufRead) -> Result<Vec<String>, String> {
     let mut line = String::new();
     match input.read_line(&mut line) {
         Ok(0) => Err(format!("{FLAGS_FROM_STDIN}: stdin closed before a line of flags arrived")),
-        Ok(_) => serde_json::from_str(&line).map_err(|err| {
-            format!("{FLAGS_FROM_STDIN}: the line on stdin is not a JSON array of strings ({err})")
-        }),
+        Ok(_) => {
+            let flags: Vec<String> = serde_json::from_str(&line).map_err(|err| {
+                format!(
+                    "{FLAGS_FROM_STDIN}: the line on stdin is not a JSON array of strings ({err})"
+                )
+            })?;
+            let nested = |flag: &String| {
+                flag == FLAGS_FROM_STDIN || flag.starts_with(&format!("{FLAGS_FROM_STDIN}="))
+            };
+            if flags.iter().any(nested) {
+                return Err(format!(
+                    "{FLAGS_FROM_STDIN}: the flags on stdin may not ask for it again"
+                ));
+            }
+            Ok(flags)
+        }
         Err(err) => Err(format!("{FLAGS_FROM_STDIN}: cannot read stdin: {err}")),
     }
 }
@@ -163,6 +176,8 @@ mod tests {
         let garbage = flags_from_stdin(&b"--lr 0.01\n"[..]).unwrap_err();
         assert!(garbage.contains("not a JSON array of strings"), "{garbage}");
         assert!(flags_from_stdin(&b"[1, 2]\n"[..]).is_err());
+        let again = flags_from_stdin(&b"[\"--flags-from-stdin\"]\n"[..]).unwrap_err();
+        assert!(again.contains("may not ask for it again"), "{again}");
     }
 
     #[test]
