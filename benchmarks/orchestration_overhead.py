@@ -15,9 +15,9 @@ where it starts only once the parameters are chosen. For each:
   it spends loading libtorch. With one trial at a time no two trainer processes overlap;
 - overhead = (study wall time - sum of trainer times) / study wall time, the time no
   trainer process exists. A process started ahead may wait for its flags, and that wait
-  counts as trainer time here; so the goal (<= 0.03) is judged on the stricter figure, the
-  study run as users run it against the trainer time of the same trials started cold (the
-  seeded studies sample the same points);
+  counts as trainer time here; so the goal (<= 0.03) is judged on a stricter figure that
+  counts each such process's idle time before its hand-over (its age beyond the CPU time
+  it has used, read from /proc: loading libtorch is CPU work) as the orchestrator's;
 - per trial, the orchestrator's time from one trainer's exit to the next one being handed
   its command (sampler, storage, pruner, callbacks: hidden behind the next process's start
   when it was started ahead) and the time with no trainer process at all;
@@ -36,9 +36,11 @@ import time
 IMPORT_STARTED = time.perf_counter()
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import functools  # noqa: E402
 import itertools  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -50,7 +52,7 @@ import optuna  # noqa: E402
 from common import data_dir, load_average, median, record, trainer  # noqa: E402
 
 from orchestrator import cli as orchestrate_cli  # noqa: E402
-from orchestrator.runner import RunOutcome, TrainerProcess  # noqa: E402
+from orchestrator.runner import Prestarted, RunOutcome, TrainerProcess  # noqa: E402
 
 
 class Clock:
@@ -64,6 +66,9 @@ class Clock:
         self.starts: list[tuple[float, float, float]] = []
         # Each trainer process's start and exit (time.monotonic, as the runner's).
         self.spans: list[tuple[float, float]] = []
+        # Per process started ahead, at its hand-over: the time it had been idle (its age
+        # beyond its CPU time) and whether it was asleep (blocked reading its stdin).
+        self.waits: list[tuple[float, bool]] = []
 
     def timed(self, kind: str, method: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(method)
@@ -114,6 +119,22 @@ def instrument(clock: Clock) -> None:
 
     TrainerProcess.__enter__ = entering  # type: ignore[method-assign]
     TrainerProcess.wait = waiting  # type: ignore[method-assign]
+
+    hand_over = Prestarted.hand_over
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def handing_over(spare: Prestarted, rest: Any) -> bool:
+        # Loading libtorch is CPU work: the time since the process started beyond the CPU
+        # time it has used is (at most) the time it has spent idle, waiting for its flags.
+        with contextlib.suppress(OSError):
+            stat = Path(f"/proc/{spare.proc.pid}/stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            cpu = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+            elapsed = time.monotonic() - spare.started_at
+            clock.waits.append((max(0.0, elapsed - cpu), fields[0] == "S"))
+        return hand_over(spare, rest)
+
+    Prestarted.hand_over = handing_over  # type: ignore[method-assign]
 
 
 def window(values: list[float], centre: int, half: int) -> list[float]:
@@ -173,6 +194,9 @@ def measure(trials: int, prestart: bool) -> dict[str, Any]:
         "sampler": clock.sampler,
         "storage": clock.storage,
         "startup": spans[0][0] - started,
+        "waited": sum(w for w, _ in clock.waits),
+        "handed": len(clock.waits),
+        "asleep": sum(a for _, a in clock.waits),
         "states": counts,
     }
 
@@ -247,16 +271,19 @@ def main() -> None:
         ]
     ahead, cold = runs["prestart"], runs["no-prestart"]
     saved = cold["wall"] - ahead["wall"]
-    # A process started ahead may wait for its flags, and that wait would count as trainer
-    # time; the same trials' processes started cold (the seeded studies sample the same
-    # points) measure what the trainers themselves need, and the rest is the orchestrator's.
-    strict = (ahead["wall"] - cold["trainer_total"]) / ahead["wall"]
+    # A process started ahead that waits for its flags counts that wait as trainer time;
+    # counted as the orchestrator's instead, the goal is judged on this stricter figure.
+    strict = (ahead["wall"] - ahead["trainer_total"] + ahead["waited"]) / ahead["wall"]
+    verdict = "met" if strict <= 0.03 else "MISSED"
     lines += [
         f"- starting trainers ahead saved {saved:.1f} s of {cold['wall']:.1f} s "
         f"({saved / args.trials * 1e3:.0f} ms a trial)",
-        f"- overhead as users run it, against what the same trainer processes take started "
-        f"cold: ({ahead['wall']:.1f} - {cold['trainer_total']:.1f}) / {ahead['wall']:.1f} = "
-        f"{strict:.3f} (goal <= 0.03: {'met' if strict <= 0.03 else 'MISSED'})",
+        f"- processes started ahead: {ahead['asleep']} of {ahead['handed']} were already "
+        f"blocked on their stdin when handed their flags; their idle time before it (age "
+        f"beyond CPU time, at 1/100 s resolution) {ahead['waited']:.2f} s in all",
+        f"- overhead as users run it, with that idle time counted as the orchestrator's: "
+        f"({ahead['wall']:.1f} - {ahead['trainer_total']:.1f} + {ahead['waited']:.2f}) / "
+        f"{ahead['wall']:.1f} = {strict:.3f} (goal <= 0.03: {verdict})",
     ]
     record(
         f"Orchestration overhead ({args.trials} one-step trials, TPE, SQLite)",
