@@ -83,10 +83,18 @@ mod tests {
             ("fc.weight", 1024.0),
             ("fc.bias", 1024.0),
         ] {
-            let largest = variables[name].abs().max().double_value(&[]);
+            let values = &variables[name];
+            let largest = values.abs().max().double_value(&[]);
             let bound = 1.0 / f64::sqrt(fan_in);
-            // U(-1/sqrt(fan_in), 1/sqrt(fan_in)), and the draws fill that range.
-            assert!(largest <= bound && largest > 0.9 * bound, "{name}: {largest} vs {bound}");
+            // U(-1/sqrt(fan_in), 1/sqrt(fan_in)), and the draws fill that range: the
+            // largest of n draws falls below q * bound with probability q^n, so this
+            // lower limit fails once in 10^9 runs whatever the tensor's size.
+            let draws = values.numel() as f64;
+            let lower = bound * 1e-9_f64.powf(1.0 / draws);
+            assert!(
+                largest <= bound && largest > lower,
+                "{name}: {largest} not in ({lower}, {bound}]"
+            );
         }
     }
 }
