@@ -31,7 +31,7 @@ fn main() {
 fn run_main() -> u8 {
     let mut events = EventWriter::new(io::stdout().lock());
     let mut args: Vec<OsString> = env::args_os().collect();
-    let mut cli = match parse(&args, &mut events) {
+    let mut cli = match parse(&args, &mut events, false) {
         Ok(cli) => cli,
         Err(code) => return code,
     };
@@ -41,7 +41,9 @@ fn run_main() -> u8 {
         match flags_from_stdin(io::stdin().lock()) {
             Ok(more) => {
                 args.retain(|arg| arg != FLAGS_FROM_STDIN);
-                args.extend(more.into_iter().map(OsString::from));
+                // Before a literal `--`, after which nothing would be read as a flag.
+                let at = args.iter().position(|arg| arg == "--").unwrap_or(args.len());
+                args.splice(at..at, more.into_iter().map(OsString::from));
             }
             Err(message) => {
                 eprintln!("rust-trainer: {message}");
@@ -49,7 +51,7 @@ fn run_main() -> u8 {
                 return ErrorKind::Usage.exit_code();
             }
         }
-        cli = match parse(&args, &mut events) {
+        cli = match parse(&args, &mut events, true) {
             Ok(cli) => cli,
             Err(code) => return code,
         };
@@ -84,21 +86,34 @@ fn run_main() -> u8 {
 const FLAGS_FROM_STDIN: &str = "--flags-from-stdin";
 
 /// The parsed command line, or the exit code after clap's message (usage errors as an
-/// error event too; --help and --version print to stdout and exit 0).
-fn parse<W: io::Write>(args: &[OsString], events: &mut EventWriter<W>) -> Result<Cli, u8> {
+/// error event too; --help and --version print to stdout and exit 0). `from_stdin`: the
+/// command line includes flags read on stdin, which a usage error says, without clap's
+/// usage line (it would show the command line without them).
+fn parse<W: io::Write>(
+    args: &[OsString],
+    events: &mut EventWriter<W>,
+    from_stdin: bool,
+) -> Result<Cli, u8> {
     Cli::try_parse_from(args).map_err(|err| {
+        let code = u8::try_from(err.exit_code()).unwrap_or(2);
         if err.use_stderr() {
             let rendered = err.to_string();
             let first = rendered.lines().next().unwrap_or_default();
-            let message = match first.strip_prefix("error: ") {
+            let mut message = match first.strip_prefix("error: ") {
                 Some(message) => format!("{message}; see --help"),
                 // No subcommand: clap prints the help, whose first line is no error.
                 None => "a command is required (train, info or describe); see --help".into(),
             };
+            if from_stdin {
+                message = format!("with the flags read on stdin: {message}");
+                eprintln!("rust-trainer: {message}");
+                let _ = events.error(ErrorKind::Usage, &message);
+                return code;
+            }
             let _ = events.error(ErrorKind::Usage, &message);
         }
         let _ = err.print();
-        u8::try_from(err.exit_code()).unwrap_or(2)
+        code
     })
 }
 

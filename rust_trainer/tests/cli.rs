@@ -319,4 +319,41 @@ fn flags_from_stdin_train_as_the_same_flags_on_the_command_line() {
     assert_eq!(output.status.code(), Some(2));
     let error = find(&events(&output), "error").unwrap().clone();
     assert!(error["message"].as_str().unwrap().contains("--flags-from-stdin"), "{error}");
+
+    // A flag on stdin that `train` does not take: the message says where it came from.
+    let mut child = trainer()
+        .args(["train", "--flags-from-stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"[\"--bogus\", \"1\"]\n").unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let error = find(&events(&output), "error").unwrap().clone();
+    let message = error["message"].as_str().unwrap();
+    assert!(message.starts_with("with the flags read on stdin: ") && message.contains("'--bogus'"));
+    assert!(String::from_utf8_lossy(&output.stderr).contains(message));
+}
+
+#[test]
+fn flags_from_stdin_go_before_a_literal_double_dash() {
+    use std::io::Write;
+
+    // `train --flags-from-stdin --`: the flags read are flags, not words after `--`.
+    let mut child = trainer()
+        .args(["train", "--flags-from-stdin", "--"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"[\"--epochs\", \"0\"]\n").unwrap();
+    let output = child.wait_with_output().unwrap();
+    // Read as the flag --epochs, whose value 0 is refused by name (not an unexpected word).
+    assert_eq!(output.status.code(), Some(2));
+    let error = find(&events(&output), "error").unwrap().clone();
+    let message = error["message"].as_str().unwrap();
+    assert!(message.contains("--epochs") && !message.contains("unexpected argument"), "{message}");
 }
