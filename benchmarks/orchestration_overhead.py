@@ -41,6 +41,7 @@ import functools  # noqa: E402
 import itertools  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
+import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -137,6 +138,10 @@ def instrument(clock: Clock) -> None:
     Prestarted.hand_over = handing_over  # type: ignore[method-assign]
 
 
+# The first window is trials 15-24; the last, the last 10.
+MIN_TRIALS = 25
+
+
 def window(values: list[float], centre: int, half: int) -> list[float]:
     """The values of trials centre-half .. centre+half-1 (trial numbers from 1)."""
     low = max(0, centre - half - 1)
@@ -144,9 +149,17 @@ def window(values: list[float], centre: int, half: int) -> list[float]:
 
 
 def measure(trials: int, prestart: bool) -> dict[str, Any]:
-    """One study in this process; what `main` prints, as numbers."""
+    """One study in this process, in a folder removed afterwards; what `main` prints, as
+    numbers."""
     started = time.monotonic() - (time.perf_counter() - IMPORT_STARTED)
     work = Path(tempfile.mkdtemp(prefix="orchestration-overhead-"))
+    try:
+        return _measure(work, trials, prestart, started)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _measure(work: Path, trials: int, prestart: bool, started: float) -> dict[str, Any]:
     storage = f"sqlite:///{work / 'study.db'}"
     tune = ["tune", "--study", "overhead", "--storage", storage, "--runs-dir", str(work)]
     tune += ["--trials", str(trials), "--epochs", "1", "--train-limit", "64"]
@@ -203,13 +216,22 @@ def measure(trials: int, prestart: bool) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=200)
-    parser.add_argument("--quick", action="store_true", help="30 trials, printed, not recorded")
+    parser.add_argument(
+        "--trials",
+        type=int,
+        help=f"trials in each of the two studies (default 200; at least {MIN_TRIALS}, for "
+        "the windows of 10 trials around trial 20 and at the end)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="30 trials unless --trials says, printed only"
+    )
     # Internal: one study in this process, its figures as JSON on the last line.
     parser.add_argument("--one", choices=["prestart", "no-prestart"], help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.quick:
-        args.trials = 30
+    if args.trials is None:
+        args.trials = 30 if args.quick else 200
+    if args.trials < MIN_TRIALS:
+        parser.error(f"--trials {args.trials}: give at least {MIN_TRIALS}")
     if args.one:
         print(json.dumps(measure(args.trials, args.one == "prestart")))
         return
@@ -230,7 +252,8 @@ def main() -> None:
         return median(window(values, centre, half))
 
     lines = [
-        f"- command: `python benchmarks/orchestration_overhead.py --trials {args.trials}`",
+        f"- command: `python benchmarks/orchestration_overhead.py --trials {args.trials}"
+        + (" --quick`" if args.quick else "`"),
         f"- load average (1 min) before and after: {load_before:.2f}, {load_after:.2f}",
     ]
     for run in runs.values():

@@ -68,7 +68,7 @@ from orchestrator.reports import (
     trial_line,
     trials_table,
 )
-from orchestrator.runner import TrainerProcess
+from orchestrator.runner import FLAGS_FROM_STDIN, TrainerProcess
 from orchestrator.space import builtin_names, builtin_space, builtin_text, load_space
 from orchestrator.storage import (
     DEFAULT_STORAGE,
@@ -178,6 +178,11 @@ def train(trainer: Path | None, trainer_args: tuple[str, ...]) -> NoReturn:
     The exit code is the trainer's. `rust-trainer train --help` lists the trainer's flags.
     --trainer, when given, comes before the trainer's flags.
     """
+    if any(arg.split("=", 1)[0] == FLAGS_FROM_STDIN for arg in trainer_args):
+        raise click.UsageError(
+            f"{FLAGS_FROM_STDIN}: the trainer run here reads nothing on stdin; give its "
+            f"flags on this command line, or run `rust-trainer train {FLAGS_FROM_STDIN}`"
+        )
     # The events are shown here on stdout; the trainer's own progress lines would repeat them.
     command = [str(find_trainer(trainer)), "train", "--quiet", *trainer_args]
     with TrainerProcess(command) as process:
@@ -477,9 +482,11 @@ def tune(
         click.echo(f"best {trial_line(summary.best)}")
     elif len(chosen) > 1 and summary.states.get("COMPLETE"):
         click.echo("`orchestrate best` shows the Pareto front")
-    elif summary.ran and not (summary.states.get("COMPLETE") or summary.states.get("PRUNED")):
+    elif (summary.ran or set(summary.states) == {"FAIL"}) and not (
+        summary.states.get("COMPLETE") or summary.states.get("PRUNED")
+    ):
         # A script must be able to tell a study whose every trial failed from one that ran
-        # (pruning every trial is the pruner's verdict, not a failure).
+        # (pruning every trial is the pruner's verdict, not a failure), on a rerun too.
         raise NoCompletedTrial(
             f"no trial of study {summary.study_name!r} completed ({counts}); "
             "`orchestrate trials` shows each trial's fail_reason"

@@ -10,11 +10,12 @@ should fail at once, with a message that says what to fix, and leave no study be
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from orchestrator import datasets
-from orchestrator.contract import check_space, describe_trainer
+from orchestrator.contract import FlagSpec, check_space, describe_trainer
 from orchestrator.errors import DataNotFound, SpaceError
 from orchestrator.runner import FLAGS_FROM_STDIN
 from orchestrator.space import RESERVED, SearchSpace
@@ -26,26 +27,21 @@ DEFAULT_DATA_DIR = Path("data")
 _MARKERS = {"mnist": "train-images-idx3-ubyte", "cifar10": "data_batch_1.bin"}
 # Trainer flags that tune's own options set for every trial (--data-dir may follow `--`).
 TUNE_SETS = RESERVED - {"data_dir"}
+# An integer as the trainer's parser reads one.
+_INT = re.compile(r"[+-]?[0-9]+")
 
 
 def check_trainer(
     trainer: Path, space: SearchSpace, extra: Iterable[str], dataset: str | None = None
-) -> None:
-    """The trainer must run, and accept every flag a trial would give it."""
+) -> dict[str, FlagSpec]:
+    """The trainer must run, and accept every flag a trial would give it; returns its flags
+    as `describe` gave them."""
     flags = describe_trainer(trainer)
     check_space(space, flags)
-    known = {spec.flag for spec in flags.values()}
+    by_flag = {spec.flag: spec for spec in flags.values()}
     tokens = list(extra)
     set_by_space = {p.name for p in space.params} | {f.name for f in space.fixed}
-    for token in tokens:
-        flag = token.split("=", 1)[0]
-        if not flag.startswith("--"):
-            continue
-        if flag not in known:
-            raise SpaceError(
-                f"the trainer flag {token!r} after `--` is not one `rust-trainer train` "
-                "accepts; see `rust-trainer describe` or `rust-trainer train --help`"
-            )
+    for flag, value in _flags_and_values(tokens, by_flag):
         # A flag that tune sets or the space samples would be overridden (or would
         # override) without a word, and the study's record would no longer say what ran.
         name = flag.removeprefix("--").replace("-", "_")
@@ -63,6 +59,7 @@ def check_trainer(
                 f"{flag} after `--` is set by the space {space.name!r}, whose value would "
                 "win; fix it in a space file ([fixed.NAME] value = ...) or leave it out"
             )
+        _check_value(by_flag[flag], value)
 
     # tune's own choices are checked here too: a wrong one would fail every trial.
     spec = flags.get("dataset")
@@ -79,6 +76,71 @@ def check_trainer(
             f"--val-fraction {fraction} after `--` leaves no validation set, and trials are "
             "scored on it; drop it (training on all the data is what `orchestrate final` does)"
         )
+    return flags
+
+
+def _flags_and_values(
+    tokens: list[str], by_flag: dict[str, FlagSpec]
+) -> Iterator[tuple[str, str | None]]:
+    """Each `--flag` after `--` with its value (None for a switch), read as the trainer's
+    parser reads them; raises SpaceError for what it would refuse."""
+    index = 0
+    while index < len(tokens):
+        token = tokens[index]
+        index += 1
+        if not token.startswith("--") or token == "--":
+            raise SpaceError(
+                f"{token!r} after `--` is not a flag with its value; only the trainer's "
+                "--flags and their values go there (see `rust-trainer train --help`)"
+            )
+        flag, equals, attached = token.partition("=")
+        spec = by_flag.get(flag)
+        if spec is None:
+            raise SpaceError(
+                f"the trainer flag {token!r} after `--` is not one `rust-trainer train` "
+                "accepts; see `rust-trainer describe` or `rust-trainer train --help`"
+            )
+        if spec.kind == "bool":
+            if equals:
+                raise SpaceError(f"{flag} after `--` is a switch: give it without a value")
+            yield flag, None
+        elif equals:
+            yield flag, attached
+        elif index < len(tokens) and not tokens[index].startswith("--"):
+            yield flag, tokens[index]
+            index += 1
+        else:
+            raise SpaceError(f"{flag} after `--` needs a value (see `rust-trainer describe`)")
+
+
+def _check_value(spec: FlagSpec, value: str | None) -> None:
+    """The value must parse as the flag's type and lie in its range or choices."""
+    if value is None or spec.kind in ("path", "string"):
+        return
+    if spec.kind == "choice":
+        if value not in spec.choices:
+            raise SpaceError(
+                f"{spec.flag} {value!r} after `--` is not one of its choices: "
+                f"{', '.join(spec.choices)}"
+            )
+        return
+    if spec.kind == "int_list":
+        if not all(_INT.fullmatch(part) for part in value.split(",")):
+            raise SpaceError(
+                f"{spec.flag} {value!r} after `--` takes integers separated by commas"
+            )
+        return
+    if spec.kind == "int" and not _INT.fullmatch(value):
+        raise SpaceError(f"{spec.flag} {value!r} after `--` takes an integer")
+    if spec.kind in ("int", "float"):
+        try:
+            number = float(value)
+        except ValueError:
+            raise SpaceError(f"{spec.flag} {value!r} after `--` takes a number") from None
+        if not spec.accepts(number):
+            raise SpaceError(
+                f"{spec.flag} {value} after `--` is outside what it accepts {spec.range_text()}"
+            )
 
 
 def last_value(tokens: list[str], flag: str) -> str | None:

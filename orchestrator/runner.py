@@ -126,6 +126,16 @@ class RunOutcome:
     prestart_lost: bool = False
 
     @property
+    def flags_never_read(self) -> bool:
+        """Whether a process started ahead ended on a usage error about the flags it was to
+        read on stdin, before it began: the trial's own flags never reached a trainer (a
+        wrapper that closes or reads its stdin, or a trainer built before the flag)."""
+        if not self.prestarted or self.returncode != 2 or self.start is not None:
+            return False
+        said = self.error.message if self.error is not None else "\n".join(self.stderr_tail)
+        return FLAGS_FROM_STDIN in said
+
+    @property
     def exit_code(self) -> int | None:
         """The exit status, or None when a signal ended the process."""
         return self.returncode if self.returncode >= 0 else None

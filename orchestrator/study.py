@@ -339,8 +339,11 @@ class Objective:
             spare = self._take_spare() if gpu is None else None
             try:
                 outcome = self._run(trial, command, trial_dir, env, spare)
-                if outcome.prestart_lost:
+                if outcome.prestart_lost or outcome.flags_never_read:
                     self._give_up_prestart(trial.number)
+                if outcome.flags_never_read and not self.interrupter.interrupted:
+                    # It stopped before reading a flag of the trial: nothing of it ran.
+                    outcome = self._run(trial, command, trial_dir, env, None)
             except KeyboardInterrupt:
                 # Only where the interrupter could not take the signal (not the main thread).
                 trial.set_user_attr("fail_reason", "interrupted")
@@ -380,8 +383,8 @@ class Objective:
         return values if len(values) > 1 else values[0]
 
     def _give_up_prestart(self, number: int) -> None:
-        """Starts no more processes ahead: one of them was gone, or not reading its stdin,
-        when its trial came (which then ran in a process started for it)."""
+        """Starts no more processes ahead: one of them was gone, or could not read its
+        flags on stdin, when its trial came (which then ran in a process started for it)."""
         with self._spares_lock:
             if self._gave_up_prestart:
                 return
@@ -389,9 +392,10 @@ class Objective:
         self._prestart = False
         self.close()
         logger.warning(
-            "The trainer process started ahead of trial %d had exited, or did not read its "
-            "stdin, before it was handed its flags (%s); from now on each trial's trainer "
-            "starts once the trial is sampled. Is %s a wrapper script? Pass --no-prestart.",
+            "The trainer process started ahead of trial %d had exited, or could not read "
+            "its flags on stdin (%s), when the trial came; the trial ran in a process "
+            "started for it, and so will every trial after it in this run. If %s is a "
+            "wrapper script, --no-prestart says so from the start.",
             number,
             FLAGS_FROM_STDIN,
             self.trainer,
@@ -557,10 +561,19 @@ class _Progress:
     waiting: int
 
 
-def _prestarts(config: TuneConfig) -> bool:
+def _prestarts(config: TuneConfig, *, takes_stdin: bool) -> bool:
     """Whether trainers start ahead of their trials: as asked, or by default when the
     trainer is not a script. A wrapper script could read or add flags on its command line,
-    where the flags handed on stdin never appear."""
+    where the flags handed on stdin never appear. `takes_stdin`: whether the trainer's
+    `describe` lists --flags-from-stdin (a build from before it does not)."""
+    if not takes_stdin:
+        if config.prestart:
+            raise ArgumentsError(
+                f"--prestart: {config.trainer} does not take {FLAGS_FROM_STDIN} (its "
+                "`describe` does not list it: a build from before it?); rebuild it with "
+                "`orchestrate build`, or leave --prestart out"
+            )
+        return False
     if config.prestart is not None:
         return config.prestart
     try:
@@ -631,10 +644,11 @@ def tune(
     # failure is usage, and beside `describe` (each call loads libtorch, about half a second).
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         facts = pool.submit(provenance.trainer_facts, config.trainer)
-        preflight.check_trainer(
+        described = preflight.check_trainer(
             config.trainer, config.space, config.flags.extra, config.flags.dataset
         )
         facts.result()
+    prestart = _prestarts(config, takes_stdin="flags_from_stdin" in described)
     data_dir = preflight.data_dir_for(config.flags.data_dir, config.flags.extra)
     preflight.check_data(config.flags.dataset, data_dir)
     grid = config.space.grid() if config.sampler == "grid" else None
@@ -682,7 +696,7 @@ def tune(
             grid=grid is not None,
             beat=_heartbeat_of(storage),
             objectives=config.objectives,
-            prestart=_prestarts(config),
+            prestart=prestart,
             spares=config.n_jobs,
             trials=missing,
         )

@@ -36,6 +36,8 @@ if "--flags-from-stdin" in sys.argv:
     sys.argv.remove("--flags-from-stdin")
     _line = sys.stdin.readline()
     if not _line:
+        emit("error", kind="usage",
+             message="--flags-from-stdin: stdin closed before a line of flags arrived")
         sys.exit(2)
     sys.argv += json.loads(_line)
 
@@ -51,7 +53,7 @@ if sys.argv[1:2] == ["describe"]:
     _described += [(n, "int") for n in ("epochs", "batch_size", "seed", "threads")]
     _described += [("train_limit", "int"), ("val_fraction", "float"), ("device", "string")]
     _described += [("data_dir", "path"), ("model", "choice"), ("dataset", "choice")]
-    _described += [("optimizer", "choice")]
+    _described += [("optimizer", "choice"), ("flags_from_stdin", "bool")]
     _choices = {"model": ["cnn", "resnet18"], "dataset": ["mnist", "cifar10"],
                 "optimizer": ["sgd", "adam", "adamw", "rmsprop"]}
     print(json.dumps({"version": "0.0.0-fake", "flags": [

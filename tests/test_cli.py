@@ -81,6 +81,21 @@ def test_train_passes_flags_through_and_exits_with_the_trainers_code(
     assert "epoch 2/2" in result.output and "completed" in result.output
 
 
+@pytest.mark.parametrize("flag", ["--flags-from-stdin", "--flags-from-stdin=true"])
+def test_train_refuses_flags_from_stdin_it_would_not_pass_on(
+    fake_trainer: FakeTrainer, tmp_path: Path, flag: str
+) -> None:
+    marker = tmp_path / "ran"
+    trainer = fake_trainer(f"open({str(marker)!r}, 'w').close(); train()")
+
+    result = invoke("train", "--trainer", str(trainer), "--epochs", "1", flag)
+
+    # The trainer would wait for a line that never comes: usage, named, and nothing runs.
+    assert result.exit_code == 2
+    assert "--flags-from-stdin: the trainer run here reads nothing on stdin" in result.output
+    assert not marker.exists()
+
+
 def test_tune_trials_and_best_with_a_fake_trainer(fake_trainer: FakeTrainer, in_tmp: Path) -> None:
     trainer = str(fake_trainer())
     tune_args = ["tune", "--trainer", trainer, "--trials", "3", "--seed", "4", "--epochs", "2"]
@@ -136,21 +151,16 @@ def test_a_bad_storage_exits_2(in_tmp: Path, storage: str) -> None:
 
 def test_best_without_a_completed_trial_exits_1(fake_trainer: FakeTrainer, in_tmp: Path) -> None:
     trainer = str(fake_trainer("sys.exit(3)"))
-    tuned = invoke(
-        "tune",
-        "--trainer",
-        trainer,
-        "--trials",
-        "2",
-        "--seed",
-        "1",
-        "--data-dir",
-        str(fake_data(in_tmp)),
-    )
+    args = ["tune", "--trainer", trainer, "--trials", "2", "--seed", "1"]
+    tuned = invoke(*args, "--data-dir", str(fake_data(in_tmp)))
 
-    # A study in which every trial failed is a failed tune, for scripts to see.
+    # A study in which every trial failed is a failed tune, for scripts to see ...
     assert tuned.exit_code == 1
     assert "no trial of study" in tuned.output and "completed (2 FAIL)" in tuned.output
+    # ... and stays one when the same command finds nothing left to run.
+    again = invoke(*args, "--data-dir", str(fake_data(in_tmp)))
+    assert again.exit_code == 1
+    assert "nothing to run" in again.output and "completed (2 FAIL)" in again.output
 
     result = invoke("best")
 

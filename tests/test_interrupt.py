@@ -43,7 +43,8 @@ def test_a_signal_stops_every_tracked_process_and_one_started_after_it(
     assert interrupter.signal == signal.SIGTERM
 
 
-def test_a_second_signal_kills_and_raises(fake_trainer: FakeTrainer) -> None:
+def test_a_second_signal_kills_and_raises(fake_trainer: FakeTrainer, sigint_raises: None) -> None:
+    # (SIGINT taken even when the suite runs as a background job, which ignores it.)
     interrupter = Interrupter()
     # A trainer that ignores SIGTERM, as one stuck in a long batch would seem to.
     trainer = fake_trainer(

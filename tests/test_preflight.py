@@ -110,3 +110,37 @@ def test_no_validation_set_after_the_double_dash_is_refused(
     assert "orchestrate final" in str(error.value)
     # The last value counts, as in the trainer: a later non-zero fraction is fine.
     check_trainer(fake_trainer(), cnn_space(), [*extra, "--val-fraction", "0.1"])
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (["--conv1", "abc"], r"--conv1 'abc' after `--` takes an integer"),
+        (["--conv1=1.5"], r"--conv1 '1.5' after `--` takes an integer"),
+        (["--warmup-epochs", "-1"], r"--warmup-epochs -1 after `--` is outside .* \[0, inf\]"),
+        (["--label-smoothing", "1"], r"--label-smoothing 1 after `--` is outside .*\[0, 1\)"),
+        (["--clip-grad-norm", "x"], r"--clip-grad-norm 'x' after `--` takes a number"),
+        (["--augment", "mixup"], r"--augment 'mixup' .* choices: auto, none, shift, crop-flip"),
+        (["--milestones", "3,x"], r"--milestones '3,x' .* integers separated by commas"),
+        (["--conv1"], r"--conv1 after `--` needs a value"),
+        (["--conv1", "--nesterov"], r"--conv1 after `--` needs a value"),
+        (["--nesterov=true"], r"--nesterov after `--` is a switch"),
+        (["bogus"], r"'bogus' after `--` is not a flag with its value"),
+        (["-h"], r"'-h' after `--` is not a flag with its value"),
+        (["--help"], r"'--help' after `--` is not one `rust-trainer train` accepts"),
+    ],
+)
+def test_a_value_the_trainer_would_refuse_after_the_double_dash_is_refused(
+    real_trainer: Path, extra: list[str], words: str
+) -> None:
+    # Every trial would fail on it (or print help and no result): the flag and value named.
+    with pytest.raises(SpaceError, match=words):
+        check_trainer(real_trainer, cnn_space(), extra)
+
+
+def test_values_the_trainer_takes_after_the_double_dash_pass(real_trainer: Path) -> None:
+    # Switches without a value, negative numbers, lists, choices, both spellings; the
+    # trainer's description comes back for tune's other checks.
+    extra = ["--nesterov", "--split-seed", "-3", "--milestones", "2,4", "--augment=shift"]
+    described = check_trainer(real_trainer, cnn_space(), [*extra, "--conv1", "+8"])
+    assert described["flags_from_stdin"].kind == "bool"

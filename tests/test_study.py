@@ -5,6 +5,7 @@ import logging
 import math
 import shlex
 import signal
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +18,7 @@ from helpers import fake_data, marked_processes, process_gone, trainer_processes
 from optuna.trial import TrialState
 
 from orchestrator import runner
-from orchestrator.errors import Interrupted, StudyMismatch
+from orchestrator.errors import ArgumentsError, Interrupted, StudyMismatch
 from orchestrator.registry import SAMPLERS
 from orchestrator.space import CategoricalParam, FixedParam, FloatParam, SearchSpace, cnn_space
 from orchestrator.study import TrainerFlags, TuneConfig, divergence_penalty, tune
@@ -637,3 +638,52 @@ def test_a_wrapper_script_gets_its_trials_started_for_them(
     trial_dir = Path(load(config(wrapper, tmp_path, study_name="forced")).trials[1]
                      .user_attrs["trial_dir"])  # fmt: skip
     assert "needs --lr" not in (trial_dir / "stderr.log").read_text()
+
+
+def test_a_trial_whose_flags_never_reached_the_trainer_runs_again(
+    fake_trainer: FakeTrainer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A wrapper that swallows its stdin and runs the trainer with none: a process started
+    # ahead takes its line of flags, and the trainer then stops on a usage error about them.
+    real = fake_trainer()
+    wrapper = tmp_path / "wrapper"
+    wrapper.write_text(f'#!/bin/sh\ncat >/dev/null\nexec {real} "$@" </dev/null\n')
+    wrapper.chmod(0o755)
+
+    with caplog.at_level(logging.WARNING, logger="orchestrator.study"):
+        summary = tune(config(wrapper, tmp_path, prestart=True))
+
+    # The trial whose flags were lost ran again in a process started for it, as did every
+    # trial after it: none failed, and one warning said so.
+    assert summary.states == {"COMPLETE": 4}
+    warnings = [r.getMessage() for r in caplog.records if "started ahead" in r.getMessage()]
+    assert len(warnings) == 1 and "trial 1" in warnings[0]
+    trials = load(config(wrapper, tmp_path)).trials
+    assert all(t.user_attrs["epochs_run"] == 3 for t in trials)
+
+
+def test_prestart_needs_a_trainer_that_takes_flags_on_stdin(
+    fake_trainer: FakeTrainer, tmp_path: Path
+) -> None:
+    # A trainer built before --flags-from-stdin: its description lacks the flag.
+    real = fake_trainer()
+    older = tmp_path / "older"
+    older.write_text(
+        f"#!{sys.executable}\n"
+        "import json, os, subprocess, sys\n"
+        "if sys.argv[1:2] == ['describe']:\n"
+        f"    out = json.loads(subprocess.run([{str(real)!r}, 'describe'],\n"
+        "                     capture_output=True, text=True).stdout)\n"
+        "    out['flags'] = [f for f in out['flags'] if f['name'] != 'flags_from_stdin']\n"
+        "    print(json.dumps(out)); sys.exit(0)\n"
+        f"os.execv({str(real)!r}, [{str(real)!r}, *sys.argv[1:]])\n"
+    )
+    older.chmod(0o755)
+    cfg = config(older, tmp_path, prestart=True)
+
+    # Asked for, it is refused before any study exists, naming the flag and the way out.
+    with pytest.raises(ArgumentsError, match=r"--prestart: .* does not take --flags-from-stdin"):
+        tune(cfg)
+    assert "s" not in optuna.get_all_study_names(storage=cfg.storage)
+    # Left to the default, trials simply start once sampled.
+    assert tune(dataclasses.replace(cfg, prestart=None)).states == {"COMPLETE": 4}
