@@ -57,7 +57,7 @@ class DataNotFound(OrchestratorError):
 
 
 class Interrupted(OrchestratorError):
-    """SIGINT or SIGTERM stopped the study; the exit code follows the shell's 128 + N."""
+    """SIGINT, SIGTERM or SIGHUP stopped the study; the exit code is the shell's 128 + N."""
 
     def __init__(self, signum: int, message: str) -> None:
         super().__init__(message)

@@ -1,4 +1,4 @@
-"""Ending a study cleanly on Ctrl-C (SIGINT) or SIGTERM.
+"""Ending a study cleanly on Ctrl-C (SIGINT), SIGTERM or SIGHUP (its terminal closed).
 
 The handler raises nothing: an exception at an arbitrary point could cut a storage write
 in two or leave a trial RUNNING. It records the signal and sends SIGTERM to the process
@@ -22,11 +22,11 @@ from orchestrator.runner import TrainerProcess
 
 logger = logging.getLogger(__name__)
 
-HANDLED = (signal.SIGINT, signal.SIGTERM)
+HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class SecondSignal(KeyboardInterrupt):
-    """A second SIGINT or SIGTERM: stop now. Optuna records the running trial as FAIL."""
+    """A second signal: stop now. Optuna records the running trial as FAIL."""
 
 
 class Interrupter:
@@ -83,10 +83,11 @@ class Interrupter:
 
     @contextmanager
     def handling_signals(self) -> Iterator[None]:
-        """Routes SIGINT and SIGTERM here for the `with` block.
+        """Routes SIGINT, SIGTERM and SIGHUP here for the `with` block.
 
         Only the main thread may install handlers; elsewhere this does nothing. A signal
-        the process was started with ignored (SIGINT in a background job) stays ignored.
+        the process was started with ignored (SIGINT in a background job, SIGHUP under
+        nohup) stays ignored.
         """
         if threading.current_thread() is not threading.main_thread():
             yield

@@ -102,8 +102,8 @@ def test_handlers_are_not_touched_outside_the_main_thread() -> None:
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize(
     ("sig", "code", "n_jobs"),
-    [(signal.SIGINT, 130, 1), (signal.SIGTERM, 143, 2)],
-    ids=["SIGINT", "SIGTERM-two-trials-running"],
+    [(signal.SIGINT, 130, 1), (signal.SIGTERM, 143, 2), (signal.SIGHUP, 129, 1)],
+    ids=["SIGINT", "SIGTERM-two-trials-running", "SIGHUP"],
 )
 def test_real_signal_to_tune_ends_its_trials_and_a_rerun_resumes(
     real_trainer: Path,
