@@ -51,8 +51,9 @@ def run_orchestrate(
 def start_orchestrate(
     args: Sequence[str], *, cwd: Path, env: dict[str, str] | None = None
 ) -> subprocess.Popen[str]:
-    """Starts `python -m orchestrator ARGS` in the background, with SIGINT handled as in a
-    terminal (a background job of a shell would start with it ignored)."""
+    """Starts `python -m orchestrator ARGS` in the background, with SIGINT and SIGHUP
+    handled as in a terminal (a background job of a shell starts with SIGINT ignored, one
+    under nohup with SIGHUP ignored)."""
     return subprocess.Popen(
         [sys.executable, "-m", "orchestrator", *args],
         cwd=cwd,
@@ -60,14 +61,15 @@ def start_orchestrate(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=_default_sigint,
+        preexec_fn=_default_signals,
     )
 
 
-def _default_sigint() -> None:
+def _default_signals() -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def marked_processes(marker: str) -> list[tuple[int, list[str]]]:
