@@ -107,11 +107,14 @@ def trials_table(study: optuna.Study) -> Table:
     table.add_column("fail reason")
 
     for trial in trials:
+        # A trial that failed after its trainer reported (its worker lost before Optuna
+        # recorded it) keeps the attributes, but no result to show.
+        result = trial.state == TrialState.COMPLETE
         table.add_row(
             str(trial.number),
             trial.state.name,
-            _format(_val_loss(trial)),
-            _format(trial.user_attrs.get("val_accuracy")),
+            _format(_val_loss(trial) if result else None),
+            _format(trial.user_attrs.get("val_accuracy") if result else None),
             *(_format(trial.params.get(name)) for name in param_names),
             _duration(trial.duration),
             _ending(trial),

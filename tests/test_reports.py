@@ -51,6 +51,26 @@ def test_the_table_has_a_row_per_trial_with_its_ending() -> None:
     assert text.count("COMPLETE") == 2
 
 
+def test_a_failed_trial_shows_no_result_even_with_its_attributes() -> None:
+    study = study_with_trials()
+    dist = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)}
+    # Its worker was lost after the trainer's result came: attributes, but no result.
+    study.add_trial(
+        optuna.trial.create_trial(
+            params={"lr": 1e-3},
+            distributions=dist,
+            state=TrialState.FAIL,
+            user_attrs={"val_accuracy": 0.9321, "val_loss": 0.3141},
+        )
+    )
+
+    text = render(trials_table(study))
+
+    assert "0.9321" not in text and "0.3141" not in text
+    # Completed trials still show theirs.
+    assert "0.97" in text
+
+
 def test_best_is_the_lowest_val_loss_and_ends_with_its_command() -> None:
     best = best_trial(study_with_trials())
     lines = best_lines(best)
