@@ -1,15 +1,18 @@
-"""What the benchmark scripts share: running a command, the machine's description, and
-appending a dated entry to RESULTS.md."""
+"""What the benchmark scripts share: running a command, a scratch folder, the machine's
+description, and appending a dated entry to RESULTS.md."""
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,6 +25,13 @@ if str(REPO) not in sys.path:
 
 def trainer() -> Path:
     return Path(os.environ.get("RUST_TRAINER", REPO / "target" / "release" / "rust-trainer"))
+
+
+def scratch_folder(prefix: str) -> Path:
+    """A folder for a benchmark's studies and trial logs, removed when the process exits."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 def data_dir() -> Path:

@@ -41,16 +41,21 @@ import functools  # noqa: E402
 import itertools  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
-import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
-import tempfile  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import optuna  # noqa: E402
-from common import data_dir, load_average, median, record, trainer  # noqa: E402
+from common import (  # noqa: E402
+    data_dir,
+    load_average,
+    median,
+    record,
+    scratch_folder,
+    trainer,
+)
 
 from orchestrator import cli as orchestrate_cli  # noqa: E402
 from orchestrator.runner import Prestarted, RunOutcome, TrainerProcess  # noqa: E402
@@ -149,17 +154,9 @@ def window(values: list[float], centre: int, half: int) -> list[float]:
 
 
 def measure(trials: int, prestart: bool) -> dict[str, Any]:
-    """One study in this process, in a folder removed afterwards; what `main` prints, as
-    numbers."""
+    """One study in this process; what `main` prints, as numbers."""
     started = time.monotonic() - (time.perf_counter() - IMPORT_STARTED)
-    work = Path(tempfile.mkdtemp(prefix="orchestration-overhead-"))
-    try:
-        return _measure(work, trials, prestart, started)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
-def _measure(work: Path, trials: int, prestart: bool, started: float) -> dict[str, Any]:
+    work = scratch_folder("orchestration-overhead-")
     storage = f"sqlite:///{work / 'study.db'}"
     tune = ["tune", "--study", "overhead", "--storage", storage, "--runs-dir", str(work)]
     tune += ["--trials", str(trials), "--epochs", "1", "--train-limit", "64"]

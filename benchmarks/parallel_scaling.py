@@ -28,12 +28,20 @@ import argparse
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import optuna
-from common import REPO, data_dir, load_average, median, record, run_events, trainer
+from common import (
+    REPO,
+    data_dir,
+    load_average,
+    median,
+    record,
+    run_events,
+    scratch_folder,
+    trainer,
+)
 
 SPACE = """
 [params.lr]
@@ -91,7 +99,7 @@ def main() -> None:
     if args.quick:
         args.trials, args.runs, args.train_limit = 4, 1, 500
 
-    work = Path(tempfile.mkdtemp(prefix="parallel-scaling-"))
+    work = scratch_folder("parallel-scaling-")
     (work / "space.toml").write_text(SPACE)
     settings = {"default": None, "1 thread a trial": 1}
     rates: dict[tuple[str, int], list[float]] = {(k, n): [] for k in settings for n in (1, 2)}

@@ -33,14 +33,13 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
-from common import data_dir, load_average, median, record, trainer
+from common import data_dir, load_average, median, record, scratch_folder, trainer
 from optuna.trial import FrozenTrial, TrialState
 
 from orchestrator import cli as orchestrate_cli
@@ -148,7 +147,7 @@ def main() -> None:
         args.target = 0.5
 
     stop_at_target(args.target, args.budget)
-    work = Path(tempfile.mkdtemp(prefix="tuning-efficiency-"))
+    work = scratch_folder("tuning-efficiency-")
     started, load_start = time.perf_counter(), load_average()
     studies = [(title, seed) for seed in range(args.seeds) for title in SEARCHES]
     # Forked after stop_at_target, so every study's process stops at the target.
