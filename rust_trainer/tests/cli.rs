@@ -277,27 +277,40 @@ fn output_is_whole_although_the_process_skips_exit_handlers() {
     assert_eq!(String::from_utf8(version.stdout).unwrap(), expected);
 }
 
-#[test]
-fn flags_from_stdin_train_as_the_same_flags_on_the_command_line() {
+/// Runs `rust-trainer ARGS` with `line` and a newline on its stdin.
+fn with_stdin(args: &[&str], line: &[u8]) -> std::process::Output {
     use std::io::Write;
 
+    let mut child = trainer()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(line).unwrap();
+    stdin.write_all(b"\n").unwrap();
+    drop(stdin);
+    child.wait_with_output().unwrap()
+}
+
+/// The message of the run's `error` event.
+fn error_message(output: &std::process::Output) -> String {
+    let events = events(output);
+    find(&events, "error").unwrap()["message"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn flags_from_stdin_train_as_the_same_flags_on_the_command_line() {
     let data_dir = common::datasets();
     let shared = ["train", "--data-dir", data_dir.to_str().unwrap(), "--train-limit", "256"];
     let shared = [&shared[..], &["--val-fraction", "0.02", "--threads", "1", "--quiet"]].concat();
     let trial = ["--lr", "0.003", "--seed", "7", "--epochs", "1"];
 
     let direct = trainer().args(&shared).args(trial).output().unwrap();
-    let mut child = trainer()
-        .args(&shared)
-        .arg("--flags-from-stdin")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     let line = serde_json::to_string(&trial).unwrap();
-    child.stdin.take().unwrap().write_all(format!("{line}\n").as_bytes()).unwrap();
-    let piped = child.wait_with_output().unwrap();
+    let piped = with_stdin(&[&shared[..], &["--flags-from-stdin"]].concat(), line.as_bytes());
 
     assert_eq!(piped.status.code(), Some(0), "{}", String::from_utf8_lossy(&piped.stderr));
     let (direct, piped) = (events(&direct), events(&piped));
@@ -307,53 +320,25 @@ fn flags_from_stdin_train_as_the_same_flags_on_the_command_line() {
     assert_eq!(find(&piped, "start").unwrap()["config"]["lr"], 0.003);
 
     // A line that is not a JSON array of strings is a usage error naming the flag.
-    let mut child = trainer()
-        .args(["train", "--flags-from-stdin"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(b"--lr 0.1\n").unwrap();
-    let output = child.wait_with_output().unwrap();
+    let output = with_stdin(&["train", "--flags-from-stdin"], b"--lr 0.1");
     assert_eq!(output.status.code(), Some(2));
-    let error = find(&events(&output), "error").unwrap().clone();
-    assert!(error["message"].as_str().unwrap().contains("--flags-from-stdin"), "{error}");
+    let message = error_message(&output);
+    assert!(message.contains("--flags-from-stdin"), "{message}");
 
     // A flag on stdin that `train` does not take: the message says where it came from.
-    let mut child = trainer()
-        .args(["train", "--flags-from-stdin"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(b"[\"--bogus\", \"1\"]\n").unwrap();
-    let output = child.wait_with_output().unwrap();
+    let output = with_stdin(&["train", "--flags-from-stdin"], br#"["--bogus", "1"]"#);
     assert_eq!(output.status.code(), Some(2));
-    let error = find(&events(&output), "error").unwrap().clone();
-    let message = error["message"].as_str().unwrap();
+    let message = error_message(&output);
     assert!(message.starts_with("with the flags read on stdin: ") && message.contains("'--bogus'"));
-    assert!(String::from_utf8_lossy(&output.stderr).contains(message));
+    assert!(String::from_utf8_lossy(&output.stderr).contains(&message));
 }
 
 #[test]
 fn flags_from_stdin_go_before_a_literal_double_dash() {
-    use std::io::Write;
-
     // `train --flags-from-stdin --`: the flags read are flags, not words after `--`.
-    let mut child = trainer()
-        .args(["train", "--flags-from-stdin", "--"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(b"[\"--epochs\", \"0\"]\n").unwrap();
-    let output = child.wait_with_output().unwrap();
+    let output = with_stdin(&["train", "--flags-from-stdin", "--"], br#"["--epochs", "0"]"#);
     // Read as the flag --epochs, whose value 0 is refused by name (not an unexpected word).
     assert_eq!(output.status.code(), Some(2));
-    let error = find(&events(&output), "error").unwrap().clone();
-    let message = error["message"].as_str().unwrap();
+    let message = error_message(&output);
     assert!(message.contains("--epochs") && !message.contains("unexpected argument"), "{message}");
 }
