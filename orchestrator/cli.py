@@ -410,8 +410,9 @@ def tune(
     Trainer flags after `--` go to every trial unchanged, after the study's own flags and
     before the sampled ones, e.g. `-- --width 0.25 --augment none`.
 
-    Ctrl-C or SIGTERM ends the running trials (recorded as FAIL, reason interrupted) and
-    exits 130 or 143; a second one kills them at once. Several `tune` processes, on one
+    Ctrl-C, SIGTERM or SIGHUP ends the running trials (recorded as FAIL, reason
+    interrupted, and queued again) and exits 130, 143 or 129; a second signal kills them at
+    once. Several `tune` processes, on one
     machine or many, may share a study through the storage: run the same command in each.
     """
     cores = available_cores()

@@ -9,6 +9,7 @@ should fail at once, with a message that says what to fix, and leave no study be
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Iterable, Iterator
@@ -32,10 +33,15 @@ _INT = re.compile(r"[+-]?[0-9]+")
 
 
 def check_trainer(
-    trainer: Path, space: SearchSpace, extra: Iterable[str], dataset: str | None = None
+    trainer: Path,
+    space: SearchSpace,
+    extra: Iterable[str],
+    dataset: str | None = None,
+    *,
+    val_fraction: float | None = None,
 ) -> dict[str, FlagSpec]:
     """The trainer must run, and accept every flag a trial would give it; returns its flags
-    as `describe` gave them."""
+    as `describe` gave them. `val_fraction`: tune's own --val-fraction, when given."""
     flags = describe_trainer(trainer)
     check_space(space, flags)
     by_flag = {spec.flag: spec for spec in flags.values()}
@@ -48,6 +54,11 @@ def check_trainer(
         if flag == FLAGS_FROM_STDIN:
             raise SpaceError(
                 f"{flag} after `--` is how tune itself hands a trial its flags; leave it out"
+            )
+        if name == "val_fraction" and val_fraction is not None:
+            raise SpaceError(
+                f"{flag} after `--` would override tune's own --val-fraction {val_fraction:g}, "
+                "which the study records; give it once, to tune"
             )
         if name in TUNE_SETS:
             raise SpaceError(
@@ -125,22 +136,31 @@ def _check_value(spec: FlagSpec, value: str | None) -> None:
             )
         return
     if spec.kind == "int_list":
-        if not all(_INT.fullmatch(part) for part in value.split(",")):
+        parts = value.split(",")
+        if not all(_is_int(part) and spec.accepts(int(part)) for part in parts):
             raise SpaceError(
-                f"{spec.flag} {value!r} after `--` takes integers separated by commas"
+                f"{spec.flag} {value!r} after `--` takes integers in {spec.range_text()} "
+                "separated by commas"
             )
         return
-    if spec.kind == "int" and not _INT.fullmatch(value):
-        raise SpaceError(f"{spec.flag} {value!r} after `--` takes an integer")
+    if spec.kind == "int" and not _is_int(value):
+        raise SpaceError(f"{spec.flag} {value!r} after `--` takes an integer (64-bit)")
     if spec.kind in ("int", "float"):
         try:
             number = float(value)
         except ValueError:
             raise SpaceError(f"{spec.flag} {value!r} after `--` takes a number") from None
+        if not math.isfinite(number):
+            raise SpaceError(f"{spec.flag} {value!r} after `--` takes a finite number")
         if not spec.accepts(number):
             raise SpaceError(
                 f"{spec.flag} {value} after `--` is outside what it accepts {spec.range_text()}"
             )
+
+
+def _is_int(text: str) -> bool:
+    """An integer as the trainer's parser reads one, within 64 bits (signed, to be safe)."""
+    return _INT.fullmatch(text) is not None and -(2**63) <= int(text) < 2**63
 
 
 def last_value(tokens: list[str], flag: str) -> str | None:

@@ -22,7 +22,6 @@ below every completed trial, so the region where training diverges is learned as
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import json
 import logging
 import math
@@ -268,6 +267,8 @@ class Objective:
         # started ahead for a trial that cannot come.
         self._trials = trials
         self._begun = 0
+        # The numbers of the trials it was called for.
+        self.begun: set[int] = set()
 
     def command(self, sampled: dict[str, Value]) -> list[str]:
         """The exact trainer command for a sampled point."""
@@ -309,6 +310,7 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         with self._spares_lock:
             self._begun += 1
+            self.begun.add(trial.number)
         if self.interrupter.interrupted:
             _end_early(trial, "interrupted", "the study was stopped before this trial started")
         if self.grid and not _from_queue(trial):
@@ -601,8 +603,11 @@ class _AfterEachTrial:
         self.total = total
         self.grid = grid
         self.interrupter = interrupter
+        # The trials it was called for (not one that a second signal ended).
+        self.seen: set[int] = set()
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.seen.add(trial.number)
         if trial.state == TrialState.FAIL and trial.user_attrs.get("fail_reason") == "interrupted":
             _queue_again(study, trial)
         if self.interrupter.interrupted:
@@ -645,7 +650,11 @@ def tune(
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         facts = pool.submit(provenance.trainer_facts, config.trainer)
         described = preflight.check_trainer(
-            config.trainer, config.space, config.flags.extra, config.flags.dataset
+            config.trainer,
+            config.space,
+            config.flags.extra,
+            config.flags.dataset,
+            val_fraction=config.flags.val_fraction,
         )
         facts.result()
     prestart = _prestarts(config, takes_stdin="flags_from_stdin" in described)
@@ -706,9 +715,8 @@ def tune(
             make_sampler=lambda sampler_seed: _sampler(config, sampler_seed),
             seed=seed,
         )
-        callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = [
-            _AfterEachTrial(config.trials, grid is not None, interrupter)
-        ]
+        after_each = _AfterEachTrial(config.trials, grid is not None, interrupter)
+        callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = [after_each]
         if on_trial is not None:
             callbacks.append(lambda _study, trial: on_trial(trial))
         run_trial: Callable[[optuna.Trial], float | list[float]] = objective
@@ -716,9 +724,8 @@ def tune(
             watcher.begin(study, config.trials)
             run_trial = watcher.watching(objective)
             callbacks.append(watcher.trial_finished)
-        # After a second signal the trainers are killed and Optuna has recorded the trial.
         try:
-            with interrupter.handling_signals(), contextlib.suppress(SecondSignal):
+            with interrupter.handling_signals():
                 study.optimize(
                     run_trial,
                     n_trials=missing,
@@ -727,6 +734,14 @@ def tune(
                     catch=(TrialFailed,),
                     callbacks=callbacks,
                 )
+        except SecondSignal:
+            # The trainers are killed and Optuna has recorded the trial FAIL, but without
+            # running the callbacks: queue its parameters again and report it here.
+            for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+                if trial.number in trial_objective.begun - after_each.seen:
+                    _queue_again(study, trial)
+                    if on_trial is not None:
+                        on_trial(trial)
         finally:
             trial_objective.close()
 

@@ -121,7 +121,11 @@ def test_no_validation_set_after_the_double_dash_is_refused(
         (["--label-smoothing", "1"], r"--label-smoothing 1 after `--` is outside .*\[0, 1\)"),
         (["--clip-grad-norm", "x"], r"--clip-grad-norm 'x' after `--` takes a number"),
         (["--augment", "mixup"], r"--augment 'mixup' .* choices: auto, none, shift, crop-flip"),
-        (["--milestones", "3,x"], r"--milestones '3,x' .* integers separated by commas"),
+        (["--milestones", "3,x"], r"--milestones '3,x' .* integers in \[0, inf\] separated"),
+        (["--milestones", "3,-1"], r"--milestones '3,-1' .* integers in \[0, inf\] separated"),
+        (["--split-seed", "-3"], r"--split-seed -3 after `--` is outside .* \[0, inf\]"),
+        (["--conv1", "99999999999999999999999"], r"takes an integer \(64-bit\)"),
+        (["--width", "inf"], r"--width 'inf' after `--` takes a finite number"),
         (["--conv1"], r"--conv1 after `--` needs a value"),
         (["--conv1", "--nesterov"], r"--conv1 after `--` needs a value"),
         (["--nesterov=true"], r"--nesterov after `--` is a switch"),
@@ -141,6 +145,11 @@ def test_a_value_the_trainer_would_refuse_after_the_double_dash_is_refused(
 def test_values_the_trainer_takes_after_the_double_dash_pass(real_trainer: Path) -> None:
     # Switches without a value, negative numbers, lists, choices, both spellings; the
     # trainer's description comes back for tune's other checks.
-    extra = ["--nesterov", "--split-seed", "-3", "--milestones", "2,4", "--augment=shift"]
+    extra = ["--nesterov", "--split-seed", "3", "--milestones", "2,4", "--augment=shift"]
+    extra += ["--min-lr", "-0", "--gamma=0.5"]
     described = check_trainer(real_trainer, cnn_space(), [*extra, "--conv1", "+8"])
     assert described["flags_from_stdin"].kind == "bool"
+    # --val-fraction after `--` is the study's own unless tune was given one too.
+    check_trainer(real_trainer, cnn_space(), ["--val-fraction", "0.2"])
+    with pytest.raises(SpaceError, match=r"override tune's own --val-fraction 0.1"):
+        check_trainer(real_trainer, cnn_space(), ["--val-fraction", "0.2"], val_fraction=0.1)

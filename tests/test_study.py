@@ -3,9 +3,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import shlex
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -687,3 +689,31 @@ def test_prestart_needs_a_trainer_that_takes_flags_on_stdin(
     assert "s" not in optuna.get_all_study_names(storage=cfg.storage)
     # Left to the default, trials simply start once sampled.
     assert tune(dataclasses.replace(cfg, prestart=None)).states == {"COMPLETE": 4}
+
+
+def test_a_second_signal_queues_the_killed_trial_again(
+    fake_trainer: FakeTrainer, tmp_path: Path, sigint_raises: None
+) -> None:
+    # A trainer that ignores SIGTERM: only the second signal's SIGKILL ends it.
+    trainer = fake_trainer(
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN); start(); time.sleep(600)"
+    )
+    cfg = config(trainer, tmp_path, trials=2)
+    events = tmp_path / "runs" / "s" / "trial-0000" / "events.jsonl"
+
+    def interrupt_twice() -> None:
+        wait_until(lambda: events.is_file() and '"start"' in events.read_text(), within=30)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.3)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_twice, daemon=True).start()
+    with pytest.raises(Interrupted):
+        tune(cfg)
+    trials = load(cfg).trials
+
+    # Killed by the second signal, the trial is FAIL and its parameters wait in the queue,
+    # as after one signal; the rerun starts with them.
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
+    assert trials[0].user_attrs["fail_reason"] == "interrupted"
+    assert trials[1].params == trials[0].params

@@ -221,7 +221,7 @@ pub struct Range {
 }
 
 impl Range {
-    const fn at_least(low: f64) -> Self {
+    pub(crate) const fn at_least(low: f64) -> Self {
         Self { low: Some(low), low_open: false, high: None, high_open: false }
     }
 

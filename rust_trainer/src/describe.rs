@@ -53,6 +53,15 @@ fn kind_of(parser: &ValueParser) -> &'static str {
     }
 }
 
+/// Whether the flag's values are unsigned integers (a list's, for a list): its range then
+/// starts at 0 where `RANGES` gives none, since the parser refuses a sign.
+fn is_unsigned(parser: &ValueParser) -> bool {
+    let id = parser.type_id();
+    let unsigned: [ValueParser; 2] =
+        [clap::value_parser!(usize).into(), clap::value_parser!(u64).into()];
+    unsigned.iter().any(|other| other.type_id() == id)
+}
+
 pub fn describe() -> Description {
     let command = Cli::command();
     let train = command.find_subcommand("train").expect("the train subcommand exists");
@@ -78,8 +87,11 @@ pub fn describe() -> Description {
             let name = long.replace('-', "_");
             let default =
                 arg.get_default_values().first().map(|v| v.to_string_lossy().into_owned());
+            let unsigned = matches!(kind, "int" | "int_list")
+                && is_unsigned(arg.get_value_parser())
+                && range_of(&name).is_none();
             Some(Flag {
-                range: range_of(&name),
+                range: if unsigned { Some(Range::at_least(0.0)) } else { range_of(&name) },
                 choices: (!choices.is_empty() && !is_switch).then_some(choices),
                 default: if is_switch { Some("false".to_string()) } else { default },
                 help: arg.get_help().map(|h| h.to_string()).unwrap_or_default(),
@@ -117,6 +129,11 @@ mod tests {
         assert_eq!(flag(&description, "batch_size").kind, "int");
         assert_eq!(flag(&description, "nesterov").kind, "bool");
         assert_eq!(flag(&description, "milestones").kind, "int_list");
+        // Unsigned integers (single or listed) start at 0: a sign is refused by the parser.
+        for name in ["split_seed", "milestones", "seed"] {
+            let range = flag(&description, name).range.unwrap_or_else(|| panic!("{name}"));
+            assert_eq!((range.low, range.high), (Some(0.0), None), "{name}");
+        }
         assert_eq!(flag(&description, "data_dir").env.as_deref(), Some("RUST_TRAINER_DATA_DIR"));
         // No clap housekeeping flags.
         assert!(description.flags.iter().all(|f| f.name != "help"));
