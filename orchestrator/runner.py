@@ -124,12 +124,18 @@ class RunOutcome:
     # one ran it: a trainer that does not take its flags that way (a wrapper script).
     prestarted: bool = False
     prestart_lost: bool = False
+    # Whether a process started ahead began training with other values than the trial's:
+    # its flags on stdin never reached the trainer (the caller ended it at its start).
+    flags_ignored: bool = False
 
     @property
     def flags_never_read(self) -> bool:
         """Whether a process started ahead ended on a usage error about the flags it was to
-        read on stdin, before it began: the trial's own flags never reached a trainer (a
-        wrapper that closes or reads its stdin, or a trainer built before the flag)."""
+        read on stdin, before it began, or began with other values: the trial's own flags
+        never reached a trainer (a wrapper that closes, reads or drops its stdin, or a
+        trainer built before the flag)."""
+        if self.flags_ignored:
+            return True
         if not self.prestarted or self.returncode != 2 or self.start is not None:
             return False
         said = self.error.message if self.error is not None else "\n".join(self.stderr_tail)
@@ -357,6 +363,11 @@ class TrainerProcess:
         self._started_at = spare.started_at
         self._adopted = True
         return spare.proc
+
+    @property
+    def adopted(self) -> bool:
+        """Whether a process started ahead runs the command, handed it on stdin."""
+        return self._adopted
 
     @property
     def pid(self) -> int:

@@ -22,6 +22,7 @@ below every completed trial, so the region where training diverges is learned as
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import json
 import logging
 import math
@@ -340,12 +341,13 @@ class Objective:
             )
             spare = self._take_spare() if gpu is None else None
             try:
-                outcome = self._run(trial, command, trial_dir, env, spare)
+                expected = {"seed": self.seed, **self.space.values(sampled)}
+                outcome = self._run(trial, command, trial_dir, env, spare, expected)
                 if outcome.prestart_lost or outcome.flags_never_read:
                     self._give_up_prestart(trial.number)
                 if outcome.flags_never_read and not self.interrupter.interrupted:
-                    # It stopped before reading a flag of the trial: nothing of it ran.
-                    outcome = self._run(trial, command, trial_dir, env, None)
+                    # It stopped before training on the trial's flags: nothing of it ran.
+                    outcome = self._run(trial, command, trial_dir, env, None, expected)
             except KeyboardInterrupt:
                 # Only where the interrupter could not take the signal (not the main thread).
                 trial.set_user_attr("fail_reason", "interrupted")
@@ -418,7 +420,10 @@ class Objective:
         trial_dir: Path,
         env: dict[str, str],
         spare: Prestarted | None,
+        expected: Mapping[str, Value],
     ) -> RunOutcome:
+        """Runs the trial's trainer, reporting each epoch; `expected`, the values its
+        `start` event must echo when a process started ahead runs it."""
         started = time.monotonic()
         best: EpochEvent | None = None
         start: StartEvent | None = None
@@ -430,6 +435,11 @@ class Objective:
             for event in process.events():
                 if isinstance(event, StartEvent):
                     start = event
+                    if process.adopted and _differs(event.config, expected):
+                        # Its flags on stdin were lost on the way (a wrapper dropped them):
+                        # it would train on the shared flags alone.
+                        process.end()
+                        return dataclasses.replace(process.wait(), flags_ignored=True)
                 if not isinstance(event, EpochEvent) or math.isnan(event.val_loss):
                     continue
                 if best is None or event.val_loss < best.val_loss:
@@ -592,6 +602,24 @@ def _progress(study: optuna.Study) -> _Progress:
         running=sum(t.state == TrialState.RUNNING for t in trials),
         waiting=sum(t.state == TrialState.WAITING for t in trials),
     )
+
+
+def _differs(config: Mapping[str, object], expected: Mapping[str, Value]) -> bool:
+    """Whether a `start` event's config shows another value than `expected` for a name it
+    echoes (choices are echoed with `_` where the flag's value has `-`)."""
+    for name, value in expected.items():
+        if name not in config:
+            continue
+        echoed = config[name]
+        if isinstance(value, bool) or isinstance(echoed, bool):
+            same = echoed is value
+        elif isinstance(value, int | float):
+            same = isinstance(echoed, int | float) and float(echoed) == float(value)
+        else:
+            same = str(echoed).replace("-", "_") == str(value).replace("-", "_")
+        if not same:
+            return True
+    return False
 
 
 class _AfterEachTrial:

@@ -717,3 +717,31 @@ def test_a_second_signal_queues_the_killed_trial_again(
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
     assert trials[0].user_attrs["fail_reason"] == "interrupted"
     assert trials[1].params == trials[0].params
+
+
+def test_a_trainer_started_ahead_that_never_got_its_flags_is_caught_at_its_start(
+    fake_trainer: FakeTrainer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A wrapper that drops --flags-from-stdin and runs the trainer anyway, stdin unread: a
+    # process started ahead would train on the shared flags alone (after loading for a
+    # while, as the real one does, so that it is still there when its trial comes).
+    real = fake_trainer("time.sleep(0.5); train()")
+    wrapper = tmp_path / "wrapper"
+    wrapper.write_text(
+        "#!/bin/bash\nargs=()\n"
+        'for a in "$@"; do [ "$a" = --flags-from-stdin ] || args+=("$a"); done\n'
+        f'exec {real} "${{args[@]}}"\n'
+    )
+    wrapper.chmod(0o755)
+
+    with caplog.at_level(logging.WARNING, logger="orchestrator.study"):
+        summary = tune(config(wrapper, tmp_path, prestart=True))
+
+    # Its start event echoed another lr: it was ended, and the trial ran in its own
+    # process, with one warning; every value is the one the trial's own lr gives.
+    assert summary.states == {"COMPLETE": 4}
+    warnings = [r.getMessage() for r in caplog.records if "started ahead" in r.getMessage()]
+    assert len(warnings) == 1 and "trial 1" in warnings[0]
+    for trial in load(config(wrapper, tmp_path)).trials:
+        lr = trial.params["lr"]
+        assert trial.value == pytest.approx(abs(math.log10(lr) - math.log10(3e-3)) + 1 / 3)
