@@ -19,7 +19,13 @@ from orchestrator import datasets
 from orchestrator.contract import FlagSpec, check_space, describe_trainer
 from orchestrator.errors import DataNotFound, SpaceError
 from orchestrator.runner import FLAGS_FROM_STDIN
-from orchestrator.space import RESERVED, SearchSpace
+from orchestrator.space import (
+    RESERVED,
+    CategoricalParam,
+    FloatParam,
+    IntParam,
+    SearchSpace,
+)
 
 DATA_DIR_ENV = "RUST_TRAINER_DATA_DIR"
 # The trainer's own default for --data-dir.
@@ -88,6 +94,32 @@ def check_trainer(
             "scored on it; drop it (training on all the data is what `orchestrate final` does)"
         )
     return flags
+
+
+def check_warmup(space: SearchSpace, extra: Iterable[str], epochs: int) -> None:
+    """The trainer needs fewer warm-up epochs than --epochs: a space (or a flag after `--`)
+    that can ask for as many would fail those trials one by one."""
+    largest: list[tuple[float, str]] = []
+    for param in space.params:
+        if param.name == "warmup_epochs" and isinstance(param, IntParam | FloatParam):
+            largest.append((param.high, f"the space {space.name!r} samples warmup_epochs up to"))
+        elif param.name == "warmup_epochs" and isinstance(param, CategoricalParam):
+            numbers = [c for c in param.choices if isinstance(c, int | float)]
+            if numbers:
+                largest.append((max(numbers), f"the space {space.name!r} offers warmup_epochs"))
+    for fixed in space.fixed:
+        if fixed.name == "warmup_epochs" and isinstance(fixed.value, int | float):
+            largest.append((fixed.value, f"the space {space.name!r} fixes warmup_epochs at"))
+    given = last_value(list(extra), "--warmup-epochs")
+    if given is not None and _INT.fullmatch(given):
+        largest.append((int(given), "--warmup-epochs after `--` is"))
+    for value, what in largest:
+        if value >= epochs:
+            raise SpaceError(
+                f"{what} {value:g}, but the trainer needs fewer warm-up epochs than --epochs "
+                f"({epochs}); train for more epochs (--epochs {int(value) + 1} or more) or "
+                "lower the warm-up"
+            )
 
 
 def _flags_and_values(

@@ -688,6 +688,7 @@ def tune(
     prestart = _prestarts(config, takes_stdin="flags_from_stdin" in described)
     data_dir = preflight.data_dir_for(config.flags.data_dir, config.flags.extra)
     preflight.check_data(config.flags.dataset, data_dir)
+    preflight.check_warmup(config.space, config.flags.extra, config.flags.epochs)
     grid = config.space.grid() if config.sampler == "grid" else None
     if grid is not None and config.enqueue:
         raise ArgumentsError(

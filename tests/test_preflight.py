@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.errors import DataNotFound, SpaceError, TrainerNotFound
-from orchestrator.preflight import check_data, check_trainer, data_dir_for
-from orchestrator.space import cnn_space
+from orchestrator.preflight import check_data, check_trainer, check_warmup, data_dir_for
+from orchestrator.space import builtin_space, cnn_space
 
 FakeTrainer = Callable[..., Path]
 
@@ -153,3 +153,17 @@ def test_values_the_trainer_takes_after_the_double_dash_pass(real_trainer: Path)
     check_trainer(real_trainer, cnn_space(), ["--val-fraction", "0.2"])
     with pytest.raises(SpaceError, match=r"override tune's own --val-fraction 0.1"):
         check_trainer(real_trainer, cnn_space(), ["--val-fraction", "0.2"], val_fraction=0.1)
+
+
+def test_a_warmup_as_long_as_the_training_is_refused() -> None:
+    resnet = builtin_space("resnet18")
+
+    # The built-in ResNet space may sample one epoch of warm-up: one epoch of training is
+    # too few for it, two are enough; the message names the space and the way out.
+    with pytest.raises(SpaceError, match=r"warmup_epochs up to 1, .*\(--epochs 2 or more\)"):
+        check_warmup(resnet, [], epochs=1)
+    check_warmup(resnet, [], epochs=2)
+    # The same for a warm-up given after `--`; the CNN space has none of its own.
+    with pytest.raises(SpaceError, match=r"--warmup-epochs after `--` is 3, .* \(3\)"):
+        check_warmup(cnn_space(), ["--warmup-epochs", "3"], epochs=3)
+    check_warmup(cnn_space(), ["--warmup-epochs", "2"], epochs=3)
