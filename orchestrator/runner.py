@@ -63,6 +63,7 @@ _EXIT_REASONS: Mapping[int, FailReason] = {
     3: "data error",
     4: "diverged",
     5: "device",
+    129: "interrupted",
     130: "interrupted",
     143: "interrupted",
 }

@@ -52,7 +52,7 @@ pub fn info() -> Info {
 /// Runs one command; returns the process's exit code.
 ///
 /// A run that ends without an `Err` has already written its `result` event; the exit code
-/// then says how it ended (0, 4 for divergence, 130/143 when stopped by a signal).
+/// then says how it ended (0, 4 for divergence, 130/143/129 when stopped by a signal).
 pub fn run<W: Write>(
     command: Command,
     events: &mut EventWriter<W>,

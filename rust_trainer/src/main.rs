@@ -13,7 +13,7 @@ use rust_trainer::cli::{Cli, Command};
 use rust_trainer::error::ErrorKind;
 use rust_trainer::events::{EventWriter, StdoutClosed};
 use rust_trainer::train::Stop;
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::flag;
 
 fn main() {
@@ -142,11 +142,11 @@ fn flags_from_stdin(mut input: impl BufRead) -> Result<Vec<String>, String> {
     }
 }
 
-/// SIGINT and SIGTERM ask the training loop to stop after the current batch; a second
-/// signal of the same kind ends the process at once.
+/// SIGINT, SIGTERM and SIGHUP (the terminal closed) ask the training loop to stop after the
+/// current batch; a second signal of the same kind ends the process at once.
 fn install_signal_handlers() -> io::Result<Stop> {
     let code = Arc::new(AtomicUsize::new(0));
-    for (signal, exit_code) in [(SIGINT, 130), (SIGTERM, 143)] {
+    for (signal, exit_code) in [(SIGINT, 130), (SIGTERM, 143), (SIGHUP, 129)] {
         let seen = Arc::new(AtomicBool::new(false));
         flag::register_conditional_shutdown(signal, exit_code, Arc::clone(&seen))?;
         flag::register(signal, seen)?;

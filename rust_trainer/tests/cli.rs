@@ -202,6 +202,17 @@ fn a_closed_stdout_ends_the_trainer_quietly() {
 
 #[test]
 fn sigterm_writes_a_stopped_result_and_exits_143() {
+    stopped_by("TERM", 143);
+}
+
+#[test]
+fn sighup_writes_a_stopped_result_and_exits_129() {
+    // The terminal of a trainer run by hand was closed: as SIGTERM, 128 + 1.
+    stopped_by("HUP", 129);
+}
+
+/// Sends SIGNAL once the first epoch is in, and checks the run stops with a result.
+fn stopped_by(signal: &str, expected: i32) {
     let data_dir = common::datasets();
     let mut child = trainer()
         .args(["train", "--epochs", "1000", "--train-limit", "2000", "--threads", "1", "--quiet"])
@@ -218,7 +229,7 @@ fn sigterm_writes_a_stopped_result_and_exits_143() {
         stdout.read_line(&mut line).unwrap();
     }
     let status = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args([&format!("-{signal}"), &child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
@@ -226,11 +237,11 @@ fn sigterm_writes_a_stopped_result_and_exits_143() {
     let rest: Vec<serde_json::Value> =
         stdout.lines().map(|l| serde_json::from_str(&l.unwrap()).unwrap()).collect();
     let code = child.wait().unwrap().code();
-    // The process says it stopped, keeps the best epoch's loss, and exits 128 + 15.
-    let result = find(&rest, "result").expect("a result event after SIGTERM");
+    // The process says it stopped, keeps the best epoch's loss, and exits 128 + N.
+    let result = find(&rest, "result").expect("a result event after the signal");
     assert_eq!(result["status"], "stopped");
     assert!(result["val_loss"].as_f64().is_some());
-    assert_eq!(code, Some(143));
+    assert_eq!(code, Some(expected));
 }
 
 #[test]
