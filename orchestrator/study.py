@@ -264,11 +264,9 @@ class Objective:
         self._spares: list[Prestarted] = []
         self._spares_lock = threading.Lock()
         self._gave_up_prestart = False
-        # How many trials this run may start (`trials`), and how many it has: none is
-        # started ahead for a trial that cannot come.
+        # How many trials this run may start (`trials`), and the numbers of those it has:
+        # none is started ahead for a trial that cannot come.
         self._trials = trials
-        self._begun = 0
-        # The numbers of the trials it was called for.
         self.begun: set[int] = set()
 
     def command(self, sampled: dict[str, Value]) -> list[str]:
@@ -296,7 +294,7 @@ class Objective:
         with self._spares_lock:
             limit = self._max_spares
             if self._trials is not None:
-                limit = min(limit, self._trials - self._begun)
+                limit = min(limit, self._trials - len(self.begun))
             if len(self._spares) >= limit:
                 return
         try:
@@ -310,7 +308,6 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         with self._spares_lock:
-            self._begun += 1
             self.begun.add(trial.number)
         if self.interrupter.interrupted:
             _end_early(trial, "interrupted", "the study was stopped before this trial started")
