@@ -53,7 +53,8 @@ def check_trainer(
     by_flag = {spec.flag: spec for spec in flags.values()}
     tokens = list(extra)
     set_by_space = {p.name for p in space.params} | {f.name for f in space.fixed}
-    for flag, value in _flags_and_values(tokens, by_flag):
+    for spec, value in _flags_and_values(tokens, by_flag):
+        flag = spec.flag
         # A flag that tune sets or the space samples would be overridden (or would
         # override) without a word, and the study's record would no longer say what ran.
         name = flag.removeprefix("--").replace("-", "_")
@@ -76,14 +77,13 @@ def check_trainer(
                 f"{flag} after `--` is set by the space {space.name!r}, whose value would "
                 "win; fix it in a space file ([fixed.NAME] value = ...) or leave it out"
             )
-        _check_value(by_flag[flag], value)
+        _check_value(spec, value)
 
     # tune's own choices are checked here too: a wrong one would fail every trial.
-    spec = flags.get("dataset")
-    if dataset is not None and spec is not None and spec.choices and dataset not in spec.choices:
+    choices = flags["dataset"].choices if "dataset" in flags else ()
+    if dataset is not None and choices and dataset not in choices:
         raise SpaceError(
-            f"--dataset {dataset!r} is not one the trainer knows; use one of "
-            f"{', '.join(spec.choices)}"
+            f"--dataset {dataset!r} is not one the trainer knows; use one of {', '.join(choices)}"
         )
 
     # Trials are scored on the validation set; without one every trial would fail.
@@ -111,7 +111,7 @@ def check_warmup(space: SearchSpace, extra: Iterable[str], epochs: int) -> None:
         if fixed.name == "warmup_epochs" and isinstance(fixed.value, int | float):
             largest.append((fixed.value, f"the space {space.name!r} fixes warmup_epochs at"))
     given = last_value(list(extra), "--warmup-epochs")
-    if given is not None and _INT.fullmatch(given):
+    if given is not None and _is_int(given):
         largest.append((int(given), "--warmup-epochs after `--` is"))
     for value, what in largest:
         if value >= epochs:
@@ -124,9 +124,10 @@ def check_warmup(space: SearchSpace, extra: Iterable[str], epochs: int) -> None:
 
 def _flags_and_values(
     tokens: list[str], by_flag: dict[str, FlagSpec]
-) -> Iterator[tuple[str, str | None]]:
-    """Each `--flag` after `--` with its value (None for a switch), read as the trainer's
-    parser reads them; raises SpaceError for what it would refuse."""
+) -> Iterator[tuple[FlagSpec, str | None]]:
+    """Each `--flag` after `--`, as the trainer describes it, with its value (None for a
+    switch), read as the trainer's parser reads them; raises SpaceError for what it would
+    refuse."""
     index = 0
     while index < len(tokens):
         token = tokens[index]
@@ -146,11 +147,11 @@ def _flags_and_values(
         if spec.kind == "bool":
             if equals:
                 raise SpaceError(f"{flag} after `--` is a switch: give it without a value")
-            yield flag, None
+            yield spec, None
         elif equals:
-            yield flag, attached
+            yield spec, attached
         elif index < len(tokens) and not tokens[index].startswith("--"):
-            yield flag, tokens[index]
+            yield spec, tokens[index]
             index += 1
         else:
             raise SpaceError(f"{flag} after `--` needs a value (see `rust-trainer describe`)")

@@ -87,11 +87,10 @@ pub fn describe() -> Description {
             let name = long.replace('-', "_");
             let default =
                 arg.get_default_values().first().map(|v| v.to_string_lossy().into_owned());
-            let unsigned = matches!(kind, "int" | "int_list")
-                && is_unsigned(arg.get_value_parser())
-                && range_of(&name).is_none();
+            let unsigned =
+                matches!(kind, "int" | "int_list") && is_unsigned(arg.get_value_parser());
             Some(Flag {
-                range: if unsigned { Some(Range::at_least(0.0)) } else { range_of(&name) },
+                range: range_of(&name).or_else(|| unsigned.then(|| Range::at_least(0.0))),
                 choices: (!choices.is_empty() && !is_switch).then_some(choices),
                 default: if is_switch { Some("false".to_string()) } else { default },
                 help: arg.get_help().map(|h| h.to_string()).unwrap_or_default(),
