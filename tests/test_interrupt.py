@@ -119,8 +119,14 @@ def test_real_signal_to_tune_ends_its_trials_and_a_rerun_resumes(
     args += REAL_FLAGS
     env = {"RUST_TRAINER": str(real_trainer)}
     orchestrate = start_orchestrate(args, cwd=tmp_path, env=env)
-    # Wait until each of the n_jobs trials has its trainer running.
-    assert wait_until(lambda: len(trainer_processes(marker)) == n_jobs, within=60)
+
+    # Wait until n_jobs trials are training: started and without a result. (Counting
+    # trainer processes would also count one started ahead of a trial to come.)
+    def training() -> int:
+        logs = [path.read_text() for path in tmp_path.glob("runs/*/trial-*/events.jsonl")]
+        return sum('"start"' in log and '"result"' not in log for log in logs)
+
+    assert wait_until(lambda: training() == n_jobs, within=60)
 
     orchestrate.send_signal(sig)
     _, stderr = orchestrate.communicate(timeout=60)
